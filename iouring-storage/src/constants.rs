@@ -1,0 +1,57 @@
+//! Bounds of the partition log, each with the reason for its value.
+//!
+//! Configurable values are checked against these at `LogConfig::validate`; the
+//! rest bound memory and work directly. Hitting a bound means backpressure or a
+//! clear error, never unbounded growth.
+
+/// Size of the Kafka v2 record batch header, up to and including the record count.
+pub const BATCH_HEADER_BYTES: usize = 61;
+
+/// Bytes before the CRC-covered region: base offset, length, leader epoch, magic, crc.
+pub const BATCH_CRC_START: usize = 21;
+
+/// Bytes of the batch that the `batchLength` field does not count (base offset and the field itself).
+pub const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
+
+/// Largest batch the log accepts at all, whatever the topic config says. Kafka's own
+/// `message.max.bytes` tops out in practice far below this; it bounds one read and one scan step.
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest segment file. Index entries store positions as u32, so a segment must stay below 4 GiB.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+
+/// Smallest segment size accepted: below this, rolling dominates the cost of appending.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+
+/// Largest write buffer per partition log: with `WRITES_IN_FLIGHT_MAX` buffers in flight this
+/// bounds one log's buffered memory to about 16 MiB * 17.
+pub const WRITE_BUFFER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Smallest write buffer. One device block is the floor; 64 KiB keeps writes efficient.
+pub const WRITE_BUFFER_BYTES_MIN: usize = 64 * 1024;
+
+/// Most writes one log keeps in flight. Beyond this an append waits for the oldest write.
+pub const WRITES_IN_FLIGHT_MAX: usize = 16;
+
+/// Largest single read the log serves: bounds the memory one fetch can pin.
+pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Chunk size used when scanning a segment (recovery, index rebuild, timestamp search).
+pub const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Most index entries per segment: one per `index_interval_bytes` of a 4 GiB segment at the
+/// smallest interval. Bounds the in-memory index.
+pub const INDEX_ENTRIES_MAX: usize = (SEGMENT_BYTES_MAX / INDEX_INTERVAL_BYTES_MIN as u64) as usize;
+
+/// Smallest distance between two sparse index entries.
+pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
+
+/// Preallocation step bounds: large steps keep ext4 O_DIRECT writes off the file-growing path.
+pub const PREALLOCATE_STEP_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+const _: () = assert!(BATCH_HEADER_BYTES > BATCH_CRC_START);
+const _: () = assert!(WRITE_BUFFER_BYTES_MIN % 4096 == 0);
+const _: () = assert!(WRITE_BUFFER_BYTES_MAX % 4096 == 0);
+const _: () = assert!(SCAN_CHUNK_BYTES % 4096 == 0);
+const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN % 4096 == 0);

@@ -1,0 +1,32 @@
+//! One partition's log on disk: segments of Kafka v2 record batches written with O_DIRECT
+//! through glommio DMA files (io_uring), sparse offset and time indexes, group commit,
+//! recovery, retention and truncation.
+//!
+//! Architecture invariant: this crate knows the record batch header (to validate and stamp it)
+//! and nothing else of Kafka: it never parses records, never decompresses, never speaks the
+//! wire protocol, and never talks to an object store.
+//!
+//! Architecture invariant: the page cache is never used for segment data or indexes; every file
+//! is opened with O_DIRECT, and alignment comes from the device (`DmaFile::alignment`).
+
+mod batch;
+mod config;
+pub mod constants;
+mod error;
+mod index;
+mod log;
+mod notify;
+mod recovery;
+mod segment;
+mod writer;
+
+pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
+pub use config::LogConfig;
+pub use error::{BatchError, Error, Result};
+pub use log::{AppendInfo, LogOffsets, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
+
+#[doc(hidden)]
+pub mod bench_support {
+    //! Internals exposed for the crate's own criterion benchmarks only.
+    pub use crate::index::SegmentIndex;
+}

@@ -1,0 +1,904 @@
+//! One partition's log: segments, append with group commit, reads, roll, retention, truncation
+//! and recovery.
+//!
+//! A `PartitionLog` lives on one executor thread (it is not `Send`). Clones share the log.
+//! Mutations of the segment list and of the writer happen under `append_lock`; no `RefCell`
+//! borrow is ever held across an `.await`.
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaFile, ReadResult};
+use glommio::sync::Semaphore;
+
+use crate::batch::{self, BatchHeader, CountCheck};
+use crate::config::LogConfig;
+use crate::constants::{BATCH_HEADER_BYTES, READ_BYTES_MAX};
+use crate::error::{Error, Result};
+use crate::index::{SegmentIndex, SegmentSummary};
+use crate::notify::Notify;
+use crate::segment;
+use crate::writer::Writer;
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// A sealed segment, announced once its data and indexes are durable and it will not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    pub log_path: PathBuf,
+    pub index_path: PathBuf,
+    pub time_index_path: PathBuf,
+}
+
+/// Whole batches read from one segment. `bytes` is the O_DIRECT read buffer itself, sliced.
+pub struct ReadBatches {
+    pub bytes: ReadResult,
+    /// Base offset of the first batch (it may be below the requested offset).
+    pub first_offset: u64,
+    /// Offset after the last batch returned.
+    pub next_offset: u64,
+}
+
+impl std::fmt::Debug for ReadBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBatches")
+            .field("len", &self.bytes.len())
+            .field("first_offset", &self.first_offset)
+            .field("next_offset", &self.next_offset)
+            .finish()
+    }
+}
+
+/// Result of a search by timestamp: the first batch whose max timestamp is at or after the target.
+/// Finding the exact record inside the batch needs its records, which only the broker parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampHit {
+    pub batch_base_offset: u64,
+    pub batch_last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// Offsets the log currently spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    /// First offset still in the log.
+    pub log_start: u64,
+    /// Everything below this is durable and readable.
+    pub durable_end: u64,
+    /// Next offset to be assigned.
+    pub log_end: u64,
+}
+
+struct Segment {
+    base_offset: u64,
+    file: Rc<DmaFile>,
+    /// Bytes of whole batches appended, durable or not.
+    data_bytes: u64,
+    /// Bytes that are durable and may be read.
+    durable_bytes: u64,
+    next_offset: u64,
+    index: SegmentIndex,
+    /// Clock value of the first append, for `segment_ms`.
+    first_append_ms: Option<i64>,
+}
+
+impl Segment {
+    fn info(&self, dir: &Path) -> SegmentInfo {
+        SegmentInfo {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size_bytes: self.data_bytes,
+            max_timestamp: self.index.max_timestamp(),
+            log_path: segment::log_path(dir, self.base_offset),
+            index_path: segment::index_path(dir, self.base_offset),
+            time_index_path: segment::time_index_path(dir, self.base_offset),
+        }
+    }
+}
+
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    writer: Writer,
+    log_end: u64,
+    durable_end: u64,
+    poisoned: Option<String>,
+    closed: bool,
+    commit_running: bool,
+    /// Bumped by truncation, so a commit that started before it does not publish stale offsets.
+    truncations: u64,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn log_start(&self) -> u64 {
+        *self.segments.keys().next().expect("a log always has an active segment")
+    }
+}
+
+type SealListener = Box<dyn FnMut(&SegmentInfo)>;
+
+struct Inner {
+    config: LogConfig,
+    state: RefCell<State>,
+    append_lock: Semaphore,
+    durable_changed: Notify,
+    seal_listener: RefCell<Option<SealListener>>,
+}
+
+/// One partition's log. See the crate documentation for the format and guarantees.
+#[derive(Clone)]
+pub struct PartitionLog {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.inner.config.dir)
+            .field("offsets", &self.offsets())
+            .finish()
+    }
+}
+
+impl PartitionLog {
+    /// Opens the log in `config.dir`, creating it if empty, and recovers from any crash: the
+    /// active segment is scanned from its start (the last clean point) and truncated at the
+    /// first invalid batch; sealed segments with missing or damaged indexes are rescanned.
+    pub async fn open(config: LogConfig) -> Result<PartitionLog> {
+        config.validate()?;
+        let state = crate::recovery::recover(&config).await?;
+        Ok(PartitionLog {
+            inner: Rc::new(Inner {
+                config,
+                state: RefCell::new(state.into_state()),
+                append_lock: Semaphore::new(1),
+                durable_changed: Notify::default(),
+                seal_listener: RefCell::new(None),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        let st = self.state();
+        LogOffsets {
+            log_start: st.log_start(),
+            durable_end: st.durable_end,
+            log_end: st.log_end,
+        }
+    }
+
+    /// Total bytes of all segments' data.
+    pub fn size_bytes(&self) -> u64 {
+        self.state().segments.values().map(|s| s.data_bytes).sum()
+    }
+
+    /// All sealed segments, oldest first (the active one is not sealed).
+    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
+        let st = self.state();
+        let n = st.segments.len();
+        st.segments.values().take(n - 1).map(|s| s.info(&self.inner.config.dir)).collect()
+    }
+
+    /// Calls `listener` for every segment sealed from now on, after its files are durable.
+    pub fn set_seal_listener(&self, listener: impl FnMut(&SegmentInfo) + 'static) {
+        *self.inner.seal_listener.borrow_mut() = Some(Box::new(listener));
+    }
+
+    /// Why the log refuses writes, if it does.
+    pub fn poisoned(&self) -> Option<String> {
+        self.state().poisoned.clone()
+    }
+
+    fn state(&self) -> Ref<'_, State> {
+        self.inner.state.borrow()
+    }
+
+    fn state_mut(&self) -> RefMut<'_, State> {
+        self.inner.state.borrow_mut()
+    }
+
+    fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let st = self.state();
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned {
+                dir: self.dir().to_owned(),
+                cause: cause.clone(),
+            });
+        }
+        if st.closed {
+            return Err(Error::Closed {
+                dir: self.dir().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the log poisoned: from now on it refuses appends. Never retried.
+    fn poison(&self, cause: String) -> Error {
+        tracing::error!(target: "iouring_storage", dir = %self.dir().display(), %cause, "partition log poisoned");
+        let mut st = self.state_mut();
+        st.poisoned.get_or_insert(cause.clone());
+        drop(st);
+        self.inner.durable_changed.notify_all();
+        Error::Poisoned {
+            dir: self.dir().to_owned(),
+            cause,
+        }
+    }
+
+    async fn lock(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner.append_lock.acquire_permit(1).await.map_err(|_| Error::Closed {
+            dir: self.dir().to_owned(),
+        })
+    }
+
+    /// Validates one record batch (exactly one, as producers send it) and appends it, stamping
+    /// the base offset and `partition_leader_epoch`. The batch is not durable yet: call
+    /// [`PartitionLog::commit`] or [`PartitionLog::wait_durable`]. `now_ms` drives `segment_ms`.
+    pub async fn append(&self, batch_bytes: &[u8], partition_leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
+        let header = batch::validate(batch_bytes, self.inner.config.batch_bytes_max, CountCheck::Exact)?;
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        if self.roll_due(header.total_bytes as u64, now_ms) {
+            self.roll_locked().await?;
+        }
+        let base_offset = self.state().log_end;
+        let mut head = [0u8; BATCH_HEADER_BYTES];
+        head.copy_from_slice(&batch_bytes[..BATCH_HEADER_BYTES]);
+        batch::stamp(&mut head, base_offset as i64, partition_leader_epoch);
+        let position = self.state().writer.data_end();
+        self.write_locked(&head).await?;
+        self.write_locked(&batch_bytes[BATCH_HEADER_BYTES..]).await?;
+
+        let last_offset = base_offset + header.last_offset_delta as u64;
+        let mut st = self.state_mut();
+        st.log_end = last_offset + 1;
+        let seg = st.active_mut();
+        let relative = u32::try_from(base_offset - seg.base_offset).expect("segment offsets fit u32");
+        let pos32 = u32::try_from(position).expect("segment size below 4 GiB");
+        seg.index.on_batch(relative, pos32, header.total_bytes as u32, header.max_timestamp);
+        seg.data_bytes = position + header.total_bytes as u64;
+        seg.next_offset = last_offset + 1;
+        seg.first_append_ms.get_or_insert(now_ms);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    fn roll_due(&self, batch_bytes: u64, now_ms: i64) -> bool {
+        let st = self.state();
+        let seg = st.active();
+        if seg.data_bytes == 0 {
+            return false;
+        }
+        let full = seg.data_bytes + batch_bytes > self.inner.config.segment_bytes;
+        let old = match (self.inner.config.segment_ms, seg.first_append_ms) {
+            (Some(limit), Some(first)) => now_ms.saturating_sub(first) >= limit,
+            _ => false,
+        };
+        // Relative offsets in the index are u32.
+        let offsets_full = st.log_end - seg.base_offset > u64::from(u32::MAX) / 2;
+        full || old || offsets_full
+    }
+
+    /// Copies `data` into the write buffer, handing full buffers to the disk.
+    async fn write_locked(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = self.state_mut().writer.copy_in(data);
+            data = &data[n..];
+            if self.state().writer.is_full() {
+                self.flush_locked().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits the write buffer (whole or a dirty tail). Waits first for an overlapping write
+    /// and for room under `writes_in_flight_max`, and preallocates the file ahead of the write.
+    async fn flush_locked(&self) -> Result<()> {
+        loop {
+            let wait = {
+                let mut st = self.state_mut();
+                if let Err(e) = st.writer.reap() {
+                    drop(st);
+                    return Err(self.poison(e));
+                }
+                st.writer.must_wait_for(self.inner.config.writes_in_flight_max)
+            };
+            match wait {
+                Some(op) => op.wait().await.map_err(|e| self.poison(e))?,
+                None => break,
+            }
+        }
+        let (file, end, allocated) = {
+            let st = self.state();
+            (st.writer.file.clone(), st.writer.next_write_end(), st.writer.allocated)
+        };
+        if end > allocated {
+            let step = self.inner.config.preallocate_step_bytes;
+            let target = end.max(allocated + step);
+            file.pre_allocate(target, false)
+                .await
+                .map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
+            self.state_mut().writer.allocated = target;
+        }
+        self.state_mut().writer.submit();
+        Ok(())
+    }
+
+    /// Writes everything appended so far and waits for it; then one fdatasync. Caller holds
+    /// the append lock or has captured the ops to wait for. Returns the durable end.
+    async fn sync_locked(&self) -> Result<u64> {
+        if self.state().writer.is_dirty() {
+            self.flush_locked().await?;
+        }
+        let (ops, file, log_end, data_end, base, truncations) = {
+            let st = self.state();
+            (
+                st.writer.pending(),
+                st.writer.file.clone(),
+                st.log_end,
+                st.writer.data_end(),
+                st.active().base_offset,
+                st.truncations,
+            )
+        };
+        self.finish_commit(ops, file, log_end, data_end, base, truncations).await
+    }
+
+    async fn finish_commit(
+        &self,
+        ops: Vec<Rc<crate::writer::WriteOp>>,
+        file: Rc<DmaFile>,
+        log_end: u64,
+        data_end: u64,
+        base: u64,
+        truncations: u64,
+    ) -> Result<u64> {
+        for op in ops {
+            op.wait().await.map_err(|e| self.poison(e))?;
+        }
+        file.fdatasync()
+            .await
+            .map_err(|e| self.poison(format!("fdatasync of segment {base}: {e}")))?;
+        let mut st = self.state_mut();
+        if st.truncations == truncations {
+            st.durable_end = st.durable_end.max(log_end);
+            if let Some(seg) = st.segments.get_mut(&base) {
+                seg.durable_bytes = seg.durable_bytes.max(data_end);
+            }
+        }
+        let durable = st.durable_end;
+        drop(st);
+        self.inner.durable_changed.notify_all();
+        Ok(durable)
+    }
+
+    /// Group commit: makes everything appended before this call durable, sharing one
+    /// fdatasync with every concurrent caller. Returns the durable end offset.
+    pub async fn commit(&self) -> Result<u64> {
+        let target = self.state().log_end;
+        self.wait_durable(target).await
+    }
+
+    /// Waits until every offset below `offset` is durable, leading a group commit if none is
+    /// running. Returns the durable end offset (at least `offset`).
+    pub async fn wait_durable(&self, offset: u64) -> Result<u64> {
+        loop {
+            let listen = {
+                let st = self.state();
+                if let Some(cause) = &st.poisoned {
+                    return Err(Error::Poisoned {
+                        dir: self.dir().to_owned(),
+                        cause: cause.clone(),
+                    });
+                }
+                if st.durable_end >= offset {
+                    return Ok(st.durable_end);
+                }
+                if offset > st.log_end {
+                    return Err(Error::OffsetOutOfRange {
+                        offset,
+                        log_start: st.log_start(),
+                        log_end: st.log_end,
+                    });
+                }
+                if st.commit_running {
+                    Some(self.inner.durable_changed.listen())
+                } else {
+                    None
+                }
+            };
+            match listen {
+                Some(l) => l.await,
+                None => {
+                    self.state_mut().commit_running = true;
+                    let r = self.commit_once().await;
+                    self.state_mut().commit_running = false;
+                    self.inner.durable_changed.notify_all();
+                    r?;
+                }
+            }
+        }
+    }
+
+    /// One group commit: under the append lock only long enough to submit the dirty tail, then
+    /// the writes and the fdatasync run while appends continue.
+    async fn commit_once(&self) -> Result<u64> {
+        let captured = {
+            let _permit = self.lock().await?;
+            if self.state().writer.is_dirty() {
+                self.flush_locked().await?;
+            }
+            let st = self.state();
+            (
+                st.writer.pending(),
+                st.writer.file.clone(),
+                st.log_end,
+                st.writer.data_end(),
+                st.active().base_offset,
+                st.truncations,
+            )
+        };
+        let (ops, file, log_end, data_end, base, truncations) = captured;
+        self.finish_commit(ops, file, log_end, data_end, base, truncations).await
+    }
+
+    /// Seals the active segment and starts a new one at the log end. Caller holds the lock.
+    async fn roll_locked(&self) -> Result<()> {
+        self.sync_locked().await?;
+        let dir = self.dir().to_owned();
+        let (file, base, data_bytes, summary, index) = {
+            let st = self.state();
+            let seg = st.active();
+            let summary = SegmentSummary {
+                data_bytes: seg.data_bytes,
+                next_offset: seg.next_offset,
+                max_timestamp: seg.index.max_timestamp(),
+            };
+            (seg.file.clone(), seg.base_offset, seg.data_bytes, summary, seg.index.clone())
+        };
+        // Give back the preallocated tail, so a sealed segment's size is its data.
+        file.truncate(data_bytes)
+            .await
+            .map_err(|e| self.poison(format!("truncating sealed segment {base}: {e}")))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| self.poison(format!("fdatasync of sealed segment {base}: {e}")))?;
+        segment::store_index(&dir, base, &index, summary)
+            .await
+            .map_err(|e| self.poison(format!("writing index of segment {base}: {e}")))?;
+
+        let new_base = self.state().log_end;
+        let new_file = segment::open_data_file(&segment::log_path(&dir, new_base), true)
+            .await
+            .map_err(|e| self.poison(e.to_string()))?;
+        let step = self.inner.config.preallocate_step_bytes;
+        new_file
+            .pre_allocate(step, false)
+            .await
+            .map_err(|e| self.poison(format!("preallocating segment {new_base}: {e}")))?;
+        segment::sync_dir(&dir).await.map_err(|e| self.poison(e.to_string()))?;
+
+        let info = {
+            let mut st = self.state_mut();
+            let sealed = st.active().info(&dir);
+            st.writer = Writer::new(new_file.clone(), self.inner.config.write_buffer_bytes, 0, &[], step);
+            st.segments.insert(
+                new_base,
+                Segment {
+                    base_offset: new_base,
+                    file: new_file,
+                    data_bytes: 0,
+                    durable_bytes: 0,
+                    next_offset: new_base,
+                    index: SegmentIndex::new(self.inner.config.index_interval_bytes),
+                    first_append_ms: None,
+                },
+            );
+            sealed
+        };
+        tracing::debug!(target: "iouring_storage", dir = %dir.display(), base, new_base, "segment rolled");
+        if let Some(listener) = self.inner.seal_listener.borrow_mut().as_mut() {
+            listener(&info);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment now, if it holds data.
+    pub async fn roll(&self) -> Result<()> {
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        if self.state().active().data_bytes == 0 {
+            return Ok(());
+        }
+        self.roll_locked().await
+    }
+
+    /// Reads whole durable batches from the segment holding `offset`: the batch containing it
+    /// first, then following batches while the total stays within `max_bytes`. The first batch
+    /// is returned whole even if larger. Empty at the durable end; an error outside the log.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadBatches>> {
+        let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
+        let mut offset = offset;
+        loop {
+            let (file, base, start_pos, end_pos, path) = {
+                let st = self.state();
+                let (log_start, durable_end) = (st.log_start(), st.durable_end);
+                if offset < log_start || offset > st.log_end {
+                    return Err(Error::OffsetOutOfRange {
+                        offset,
+                        log_start,
+                        log_end: st.log_end,
+                    });
+                }
+                if offset >= durable_end {
+                    return Ok(None);
+                }
+                let (&base, seg) = st.segments.range(..=offset).next_back().expect("offset is at or above log start");
+                let relative = u32::try_from(offset - base).unwrap_or(u32::MAX);
+                let (_, pos) = seg.index.lookup(relative);
+                (
+                    seg.file.clone(),
+                    base,
+                    u64::from(pos),
+                    seg.durable_bytes,
+                    segment::log_path(self.dir(), base),
+                )
+            };
+            if let Some(found) = self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes).await? {
+                return Ok(Some(found));
+            }
+            // Nothing at or after `offset` in this segment: continue in the next one.
+            let next = self.state().segments.range(base + 1..).next().map(|(&b, _)| b);
+            match next {
+                Some(b) if b > offset => offset = b,
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    async fn read_from(
+        &self,
+        file: &DmaFile,
+        path: &Path,
+        offset: u64,
+        mut pos: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Option<ReadBatches>> {
+        // Skip batches ending before `offset`, reading headers only.
+        let mut first: Option<BatchHeader> = None;
+        let scan = segment::scan(file, path, pos, 0, end, false, |h, p| {
+            if h.last_offset() as u64 >= offset {
+                first = Some(*h);
+                pos = p;
+                false
+            } else {
+                true
+            }
+        })
+        .await?;
+        let Some(first) = first else {
+            if let Some(why) = scan.stopped {
+                return Err(Error::Corrupt {
+                    what: "segment",
+                    path: path.to_owned(),
+                    detail: why,
+                });
+            }
+            return Ok(None);
+        };
+        let want = (max_bytes.max(first.total_bytes) as u64).min(end - pos) as usize;
+        let bytes = file.read_at(pos, want).await.map_err(|e| Error::io("reading segment", path, e))?;
+        // Keep whole batches only.
+        let mut len = 0usize;
+        let mut next_offset = first.base_offset as u64;
+        while len + BATCH_HEADER_BYTES <= bytes.len() {
+            let h = BatchHeader::parse(&bytes[len..]).map_err(|e| Error::Corrupt {
+                what: "segment",
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })?;
+            if len + h.total_bytes > bytes.len() || (len > 0 && len + h.total_bytes > max_bytes) {
+                break;
+            }
+            len += h.total_bytes;
+            next_offset = h.last_offset() as u64 + 1;
+        }
+        if len == 0 {
+            return Err(Error::Corrupt {
+                what: "segment",
+                path: path.to_owned(),
+                detail: format!("batch at {pos} extends past the durable data"),
+            });
+        }
+        let bytes = ReadResult::slice(&bytes, 0, len).expect("slice within the read");
+        Ok(Some(ReadBatches {
+            bytes,
+            first_offset: first.base_offset as u64,
+            next_offset,
+        }))
+    }
+
+    /// The first durable batch whose max timestamp is at or after `timestamp`, if any.
+    pub async fn find_by_timestamp(&self, timestamp: i64) -> Result<Option<TimestampHit>> {
+        let candidates: Vec<(Rc<DmaFile>, u64, u64, u64, PathBuf)> = {
+            let st = self.state();
+            st.segments
+                .values()
+                .filter(|s| s.index.max_timestamp() >= timestamp && s.durable_bytes > 0)
+                .map(|s| {
+                    let (_, pos) = s.index.lookup_time(timestamp);
+                    (
+                        s.file.clone(),
+                        s.base_offset,
+                        u64::from(pos),
+                        s.durable_bytes,
+                        segment::log_path(self.dir(), s.base_offset),
+                    )
+                })
+                .collect()
+        };
+        for (file, _base, pos, end, path) in candidates {
+            let mut hit = None;
+            segment::scan(&file, &path, pos, 0, end, false, |h, _| {
+                if h.max_timestamp >= timestamp {
+                    hit = Some(TimestampHit {
+                        batch_base_offset: h.base_offset as u64,
+                        batch_last_offset: h.last_offset() as u64,
+                        max_timestamp: h.max_timestamp,
+                    });
+                    false
+                } else {
+                    true
+                }
+            })
+            .await?;
+            if hit.is_some() {
+                return Ok(hit);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest max timestamp in the log and the batch holding it (Kafka's MAX_TIMESTAMP).
+    pub async fn max_timestamp(&self) -> Result<Option<TimestampHit>> {
+        let best = self.state().segments.values().map(|s| s.index.max_timestamp()).max();
+        match best {
+            Some(ts) if ts > i64::MIN => self.find_by_timestamp(ts).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// Deletes sealed segments beyond `retention_bytes` (oldest first, never below the limit)
+    /// and those whose newest batch is older than `retention_ms`. Returns the deleted bases.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<Vec<u64>> {
+        let _permit = self.lock().await?;
+        let cfg = &self.inner.config;
+        let doomed: Vec<u64> = {
+            let st = self.state();
+            let mut total: u64 = st.segments.values().map(|s| s.data_bytes).sum();
+            let sealed = st.segments.len() - 1;
+            let mut doomed = Vec::new();
+            for seg in st.segments.values().take(sealed) {
+                let too_big = cfg.retention_bytes.is_some_and(|limit| total - seg.data_bytes >= limit);
+                let too_old = cfg
+                    .retention_ms
+                    .is_some_and(|ms| seg.index.max_timestamp() < now_ms.saturating_sub(ms));
+                if !(too_big || too_old) {
+                    break;
+                }
+                total -= seg.data_bytes;
+                doomed.push(seg.base_offset);
+            }
+            doomed
+        };
+        self.delete_segments(&doomed).await?;
+        if !doomed.is_empty() {
+            tracing::info!(target: "iouring_storage", dir = %self.dir().display(), segments = doomed.len(), log_start = self.offsets().log_start, "retention deleted segments");
+        }
+        Ok(doomed)
+    }
+
+    /// Removes segments from the map first (readers stop seeing them), then their files.
+    async fn delete_segments(&self, bases: &[u64]) -> Result<()> {
+        if bases.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut st = self.state_mut();
+            for b in bases {
+                st.segments.remove(b);
+            }
+        }
+        let dir = self.dir().to_owned();
+        for &b in bases {
+            for path in [
+                segment::log_path(&dir, b),
+                segment::index_path(&dir, b),
+                segment::time_index_path(&dir, b),
+            ] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("deleting segment file", path, e)),
+                }
+            }
+        }
+        segment::sync_dir(&dir).await
+    }
+
+    /// Removes every batch at or after `offset` (a batch straddling it goes whole), as a
+    /// follower does before fetching from a new leader. The log end becomes the base of the
+    /// first removed batch. Durable before it returns.
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        if offset >= self.state().log_end {
+            return Ok(self.state().log_end);
+        }
+        // Finish every write first, so none lands after the cut.
+        self.sync_locked().await?;
+        let dir = self.dir().to_owned();
+        let (log_start, later): (u64, Vec<u64>) = {
+            let st = self.state();
+            (
+                st.log_start(),
+                st.segments
+                    .range(offset.max(st.log_start()) + 1..)
+                    .map(|(&b, _)| b)
+                    .filter(|&b| b >= offset)
+                    .collect(),
+            )
+        };
+        // Newest first, so a crash part-way leaves a contiguous log.
+        for b in later.iter().rev() {
+            self.delete_segments(&[*b]).await?;
+        }
+        let target = offset.max(log_start);
+        let (file, base, end) = {
+            let st = self.state();
+            let (&base, seg) = st.segments.range(..=target).next_back().expect("target is at or above log start");
+            (seg.file.clone(), base, seg.data_bytes)
+        };
+        let path = segment::log_path(&dir, base);
+        // One scan finds the first batch reaching `target` and rebuilds the index of the rest.
+        let mut index = SegmentIndex::new(self.inner.config.index_interval_bytes);
+        let mut cut: Option<(u64, u64)> = None;
+        let scan = segment::scan(&file, &path, 0, base, end, false, |h, p| {
+            if h.last_offset() as u64 >= target {
+                cut = Some((p, h.base_offset as u64));
+                return false;
+            }
+            index.on_batch(
+                (h.base_offset as u64 - base) as u32,
+                p as u32,
+                h.total_bytes as u32,
+                h.max_timestamp,
+            );
+            true
+        })
+        .await?;
+        let (cut_pos, new_end) = cut.unwrap_or((scan.valid_bytes, scan.next_offset));
+        file.truncate(cut_pos)
+            .await
+            .map_err(|e| self.poison(format!("truncating segment {base}: {e}")))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| self.poison(format!("fdatasync after truncation of segment {base}: {e}")))?;
+        for p in [segment::index_path(&dir, base), segment::time_index_path(&dir, base)] {
+            let _ = std::fs::remove_file(p);
+        }
+        segment::sync_dir(&dir).await?;
+        let tail = if cut_pos % file.alignment() == 0 {
+            Vec::new()
+        } else {
+            let from = cut_pos - cut_pos % file.alignment();
+            file.read_at(from, (cut_pos - from) as usize)
+                .await
+                .map_err(|e| Error::io("reading tail block", &path, e))?
+                .to_vec()
+        };
+        let mut st = self.state_mut();
+        st.truncations += 1;
+        st.log_end = new_end;
+        st.durable_end = new_end;
+        st.writer = Writer::new(file.clone(), self.inner.config.write_buffer_bytes, cut_pos, &tail, cut_pos);
+        let seg = st.segments.get_mut(&base).expect("segment kept");
+        seg.data_bytes = cut_pos;
+        seg.durable_bytes = cut_pos;
+        seg.next_offset = new_end;
+        seg.index = index;
+        drop(st);
+        tracing::info!(target: "iouring_storage", dir = %dir.display(), offset, new_end, "log truncated");
+        Ok(new_end)
+    }
+
+    /// Commits everything and refuses further appends. Reads keep working.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self.lock().await?;
+        if self.state().poisoned.is_none() && !self.state().closed {
+            self.sync_locked().await?;
+        }
+        self.state_mut().closed = true;
+        Ok(())
+    }
+}
+
+/// The recovered state handed from recovery to the log.
+pub(crate) struct RecoveredSegment {
+    pub base_offset: u64,
+    pub file: Rc<DmaFile>,
+    pub data_bytes: u64,
+    pub next_offset: u64,
+    pub index: SegmentIndex,
+}
+
+pub(crate) struct Recovered {
+    pub segments: Vec<RecoveredSegment>,
+    pub writer: Writer,
+}
+
+impl Recovered {
+    fn into_state(self) -> State {
+        let log_end = self.segments.last().expect("recovery yields an active segment").next_offset;
+        let segments = self
+            .segments
+            .into_iter()
+            .map(|s| {
+                (
+                    s.base_offset,
+                    Segment {
+                        base_offset: s.base_offset,
+                        file: s.file,
+                        data_bytes: s.data_bytes,
+                        durable_bytes: s.data_bytes,
+                        next_offset: s.next_offset,
+                        index: s.index,
+                        first_append_ms: None,
+                    },
+                )
+            })
+            .collect();
+        State {
+            segments,
+            writer: self.writer,
+            log_end,
+            durable_end: log_end,
+            poisoned: None,
+            closed: false,
+            commit_running: false,
+            truncations: 0,
+        }
+    }
+}

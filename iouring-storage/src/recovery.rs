@@ -1,0 +1,195 @@
+//! Opening a partition directory after a clean stop or a crash.
+//!
+//! Sealed segments were fully fdatasync'ed, truncated to their data and indexed before the next
+//! segment was created, so they are trusted when their index files are intact and agree with
+//! the data size. The active (last) segment is scanned from its start, the last clean point:
+//! every batch's length, magic, count, CRC-32C and offset order is checked, and the file is cut
+//! at the first invalid batch (torn tail, zero padding, garbage). A sealed segment whose index
+//! is missing or damaged is rescanned the same way; if that scan finds corruption, the log ends
+//! there and every later segment is deleted, so nothing after the first invalid batch is served.
+
+use std::path::Path;
+
+use crate::config::LogConfig;
+use crate::error::{Error, Result};
+use crate::index::{SegmentIndex, SegmentSummary};
+use crate::log::{Recovered, RecoveredSegment};
+use crate::segment;
+use crate::writer::Writer;
+
+pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
+    let dir = config.dir.as_path();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating partition directory", dir, e))?;
+    let bases = list_segments(dir)?;
+    remove_temporaries(dir)?;
+
+    let mut segments: Vec<RecoveredSegment> = Vec::new();
+    let mut cut_after: Option<usize> = None;
+    for (i, &base) in bases.iter().enumerate() {
+        let is_last = i + 1 == bases.len();
+        if let Some(prev) = segments.last() {
+            if base < prev.next_offset {
+                tracing::warn!(target: "iouring_storage", dir = %dir.display(), base, prev_next = prev.next_offset, "segment overlaps its predecessor; log ends before it");
+                cut_after = Some(i);
+                break;
+            }
+        }
+        let path = segment::log_path(dir, base);
+        let file = segment::open_data_file(&path, false).await?;
+        let file_bytes = file.file_size().await.map_err(|e| Error::io("sizing segment", &path, e))?;
+        if !is_last {
+            match segment::load_index(dir, base, config.index_interval_bytes, file_bytes).await? {
+                Ok((index, summary)) => {
+                    segments.push(RecoveredSegment {
+                        base_offset: base,
+                        file,
+                        data_bytes: summary.data_bytes,
+                        next_offset: summary.next_offset,
+                        index,
+                    });
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(target: "iouring_storage", dir = %dir.display(), base, %why, "rebuilding index of sealed segment")
+                }
+            }
+        }
+        let mut index = SegmentIndex::new(config.index_interval_bytes);
+        let end = segment::scan(&file, &path, 0, base, file_bytes, true, |h, pos| {
+            index.on_batch(
+                (h.base_offset as u64 - base) as u32,
+                pos as u32,
+                h.total_bytes as u32,
+                h.max_timestamp,
+            );
+            true
+        })
+        .await?;
+        if end.valid_bytes < file_bytes {
+            let why = end.stopped.as_deref().unwrap_or("end of data");
+            let benign = why == "zero padding" && is_last;
+            if benign {
+                tracing::debug!(target: "iouring_storage", dir = %dir.display(), base, valid = end.valid_bytes, "active segment ends at zero padding");
+            } else {
+                tracing::warn!(target: "iouring_storage", dir = %dir.display(), base, valid = end.valid_bytes, file_bytes, %why, "truncating segment at first invalid batch");
+            }
+            file.truncate(end.valid_bytes)
+                .await
+                .map_err(|e| Error::io("truncating segment", &path, e))?;
+            file.fdatasync().await.map_err(|e| Error::io("syncing segment", &path, e))?;
+            if !is_last {
+                cut_after = Some(i + 1);
+            }
+        }
+        if !is_last && cut_after.is_none() {
+            let summary = SegmentSummary {
+                data_bytes: end.valid_bytes,
+                next_offset: end.next_offset,
+                max_timestamp: index.max_timestamp(),
+            };
+            segment::store_index(dir, base, &index, summary).await?;
+        }
+        segments.push(RecoveredSegment {
+            base_offset: base,
+            file,
+            data_bytes: end.valid_bytes,
+            next_offset: end.next_offset,
+            index,
+        });
+        if cut_after.is_some() {
+            break;
+        }
+    }
+    if let Some(from) = cut_after {
+        // Newest first, so a crash part-way still leaves a contiguous prefix.
+        for &base in bases[from..].iter().rev() {
+            for p in [
+                segment::log_path(dir, base),
+                segment::index_path(dir, base),
+                segment::time_index_path(dir, base),
+            ] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("deleting segment after corruption", p, e)),
+                }
+            }
+        }
+    }
+
+    if segments.is_empty() {
+        let base = config.initial_offset;
+        let path = segment::log_path(dir, base);
+        let file = segment::open_data_file(&path, true).await?;
+        segments.push(RecoveredSegment {
+            base_offset: base,
+            file,
+            data_bytes: 0,
+            next_offset: base,
+            index: SegmentIndex::new(config.index_interval_bytes),
+        });
+    }
+    // The last segment is the active one: it may not keep stale index files, which would
+    // describe a smaller segment after more appends.
+    let active = segments.last().expect("at least one segment");
+    for p in [
+        segment::index_path(dir, active.base_offset),
+        segment::time_index_path(dir, active.base_offset),
+    ] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing stale active index", p, e)),
+        }
+    }
+    segment::sync_dir(dir).await?;
+
+    let path = segment::log_path(dir, active.base_offset);
+    let data_end = active.data_bytes;
+    let align = active.file.alignment();
+    let from = data_end - data_end % align;
+    let tail = if from == data_end {
+        Vec::new()
+    } else {
+        active
+            .file
+            .read_at(from, (data_end - from) as usize)
+            .await
+            .map_err(|e| Error::io("reading tail block", &path, e))?
+            .to_vec()
+    };
+    let allocated = active.file.file_size().await.map_err(|e| Error::io("sizing segment", &path, e))?;
+    let writer = Writer::new(active.file.clone(), config.write_buffer_bytes, data_end, &tail, allocated);
+    tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = segments.len(), log_end = active.next_offset, "partition log opened");
+    Ok(Recovered { segments, writer })
+}
+
+/// Base offsets of the segments in `dir`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("listing partition directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("listing partition directory", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(segment::parse_log_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Removes half-written index files and index files whose segment is gone.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("listing partition directory", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("listing partition directory", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let orphan_index = name
+            .strip_suffix(".index")
+            .or_else(|| name.strip_suffix(".timeindex"))
+            .is_some_and(|stem| !dir.join(format!("{stem}.log")).exists());
+        if name.ends_with(".tmp") || orphan_index {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io("removing leftover file", entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
