@@ -23,7 +23,7 @@ mod writer;
 pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
 pub use config::LogConfig;
 pub use error::{BatchError, Error, Result};
-pub use log::{AppendInfo, LogOffsets, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
+pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 
 #[doc(hidden)]
 pub mod bench_support {

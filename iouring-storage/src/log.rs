@@ -70,6 +70,15 @@ pub struct TimestampHit {
     pub max_timestamp: i64,
 }
 
+/// Counters of one log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// Group commits completed, each one fdatasync of the active segment.
+    pub group_commits: u64,
+    pub segments: usize,
+    pub size_bytes: u64,
+}
+
 /// Offsets the log currently spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogOffsets {
@@ -118,6 +127,7 @@ struct State {
     commit_running: bool,
     /// Bumped by truncation, so a commit that started before it does not publish stale offsets.
     truncations: u64,
+    fdatasyncs: u64,
 }
 
 impl State {
@@ -187,6 +197,16 @@ impl PartitionLog {
             log_start: st.log_start(),
             durable_end: st.durable_end,
             log_end: st.log_end,
+        }
+    }
+
+    /// Counters for tests and metrics.
+    pub fn stats(&self) -> LogStats {
+        let st = self.state();
+        LogStats {
+            group_commits: st.fdatasyncs,
+            segments: st.segments.len(),
+            size_bytes: st.segments.values().map(|s| s.data_bytes).sum(),
         }
     }
 
@@ -899,6 +919,7 @@ impl Recovered {
             closed: false,
             commit_running: false,
             truncations: 0,
+            fdatasyncs: 0,
         }
     }
 }

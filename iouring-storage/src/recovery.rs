@@ -20,6 +20,7 @@ use crate::writer::Writer;
 pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
     let dir = config.dir.as_path();
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating partition directory", dir, e))?;
+    segment::probe_device(dir).await?;
     let bases = list_segments(dir)?;
     remove_temporaries(dir)?;
 
@@ -187,7 +188,7 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
             .strip_suffix(".index")
             .or_else(|| name.strip_suffix(".timeindex"))
             .is_some_and(|stem| !dir.join(format!("{stem}.log")).exists());
-        if name.ends_with(".tmp") || orphan_index {
+        if name.ends_with(".tmp") || name == ".device-probe" || orphan_index {
             std::fs::remove_file(entry.path()).map_err(|e| Error::io("removing leftover file", entry.path(), e))?;
         }
     }

@@ -32,6 +32,34 @@ pub(crate) fn parse_log_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+thread_local! {
+    /// Devices (st_dev) on which this thread's glommio reactor has probed I/O polling correctly.
+    static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = Default::default();
+}
+
+/// Makes glommio's I/O-poll probe for the device under `dir` read real data.
+///
+/// glommio 0.9 probes, once per device and thread, whether the device supports the IOPOLL
+/// ring by reading one block at offset 0 of the first DMA file opened on it. When that file is
+/// empty the read ends at EOF and "succeeds", so glommio wrongly marks a virtio disk pollable
+/// and every later read fails with EOPNOTSUPP. Opening a non-empty file first makes the probe
+/// reach the device.
+pub(crate) async fn probe_device(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).map_err(|e| Error::io("inspecting directory", dir, e))?.dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let path = dir.join(".device-probe");
+    std::fs::write(&path, vec![0xa5u8; 64 * 1024]).map_err(|e| Error::io("writing device probe", &path, e))?;
+    let opened = DmaFile::open(&path).await.map_err(|e| Error::io("opening device probe", &path, e));
+    let _ = std::fs::remove_file(&path);
+    let file = opened?;
+    let _ = file.close().await;
+    PROBED_DEVICES.with(|p| p.borrow_mut().insert(dev));
+    Ok(())
+}
+
 /// Opens (or creates) a segment's data file for O_DIRECT reads and writes.
 pub(crate) async fn open_data_file(path: &Path, create: bool) -> Result<Rc<DmaFile>> {
     let file = OpenOptions::new()

@@ -1,0 +1,659 @@
+//! Behaviour of one partition log on a real filesystem: append and read, group commit, roll,
+//! retention, timestamps, truncation, and one test per crash scenario, each made by damaging
+//! the files the way a crash or a bad disk would and reopening.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use iouring_storage::testing::build_batch;
+use iouring_storage::{stamp, validate, BatchHeader, CountCheck, Error, LogConfig, PartitionLog};
+
+/// Runs an async test body on a fresh glommio executor and surfaces its panics.
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(f)
+        .expect("spawn executor")
+        .join()
+        .expect("executor ran");
+}
+
+fn small_config(dir: &Path) -> LogConfig {
+    let mut c = LogConfig::new(dir);
+    c.segment_bytes = 64 * 1024;
+    c.write_buffer_bytes = 64 * 1024;
+    c.preallocate_step_bytes = 64 * 1024;
+    c.index_interval_bytes = 1024;
+    c.batch_bytes_max = 32 * 1024;
+    c
+}
+
+/// The batch the `i`-th test append sends: sizes vary so batches straddle blocks and buffers.
+fn nth_batch(i: u64) -> Vec<u8> {
+    let records = 1 + (i % 7) as i32;
+    let payload = 40 + ((i * 7919) % 3000) as usize;
+    build_batch(records, payload, 1_000 + i as i64 * 10, 1_000 + i as i64 * 10 + 5)
+}
+
+/// What the log should hold for a batch appended at `base`.
+fn stamped(mut batch: Vec<u8>, base: u64) -> Vec<u8> {
+    stamp(&mut batch, base as i64, 0);
+    batch
+}
+
+/// Appends batches `from..to` of `nth_batch`, commits, and returns (base offset, bytes) of each.
+async fn append_range(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in from..to {
+        let b = nth_batch(i);
+        let info = log.append(&b, 0, 0).await.expect("append");
+        out.push((info.base_offset, stamped(b, info.base_offset)));
+    }
+    log.commit().await.expect("commit");
+    out
+}
+
+/// Reads the whole durable log batch by batch and returns (base offset, bytes) of each, checking
+/// contiguity and validity along the way.
+async fn read_all(log: &PartitionLog) -> Vec<(u64, Vec<u8>)> {
+    let offsets = log.offsets();
+    let mut out = Vec::new();
+    let mut next = offsets.log_start;
+    while let Some(r) = log.read(next, 1).await.expect("read") {
+        let h = BatchHeader::parse(&r.bytes).expect("header");
+        validate(&r.bytes, usize::MAX, CountCheck::AtMost).expect("every served batch is valid");
+        assert_eq!(h.total_bytes, r.bytes.len(), "max_bytes 1 still returns exactly one whole batch");
+        assert!(h.base_offset as u64 >= next || out.is_empty(), "batches are in order");
+        out.push((h.base_offset as u64, r.bytes.to_vec()));
+        next = r.next_offset;
+    }
+    assert_eq!(next.max(offsets.log_start), offsets.durable_end, "the walk ends at the durable end");
+    out
+}
+
+fn segment_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte positions of the batches in a segment file (only the data part, up to zero padding).
+fn batch_positions(path: &Path) -> Vec<(u64, usize)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut pos = 0usize;
+    let mut out = Vec::new();
+    while pos + 61 <= bytes.len() {
+        let Ok(h) = BatchHeader::parse(&bytes[pos..]) else { break };
+        if h.magic != 2 || pos + h.total_bytes > bytes.len() {
+            break;
+        }
+        out.push((pos as u64, h.total_bytes));
+        pos += h.total_bytes;
+    }
+    out
+}
+
+#[test]
+fn appended_batches_read_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let log = PartitionLog::open(small_config(&path)).await.unwrap();
+        let written = append_range(&log, 0, 300).await;
+        assert!(log.stats().segments > 3, "small segments rolled");
+        assert_eq!(read_all(&log).await, written);
+        // Reading from an offset in the middle of a batch returns the batch holding it.
+        let (base, bytes) = &written[10];
+        let h = BatchHeader::parse(bytes).unwrap();
+        if h.last_offset_delta > 0 {
+            let r = log.read(base + 1, 1).await.unwrap().unwrap();
+            assert_eq!(r.first_offset, *base);
+            assert_eq!(&r.bytes[..], &bytes[..]);
+        }
+        // max_bytes bounds the read, whole batches only.
+        let r = log.read(0, 10_000).await.unwrap().unwrap();
+        assert!(r.bytes.len() <= 10_000);
+        assert_eq!(
+            validate(&r.bytes[..written[0].1.len()], usize::MAX, CountCheck::Exact)
+                .unwrap()
+                .base_offset,
+            0
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_see_only_durable_data_and_refuse_offsets_outside_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let log = PartitionLog::open(small_config(&path)).await.unwrap();
+        let info = log.append(&nth_batch(0), 0, 0).await.unwrap();
+        assert_eq!(log.offsets().durable_end, 0);
+        assert!(log.read(0, 1 << 20).await.unwrap().is_none(), "not durable yet, not served");
+        let durable = log.wait_durable(info.last_offset + 1).await.unwrap();
+        assert_eq!(durable, info.last_offset + 1);
+        assert!(log.read(0, 1 << 20).await.unwrap().is_some());
+        assert!(
+            log.read(durable, 1 << 20).await.unwrap().is_none(),
+            "the durable end is empty, not an error"
+        );
+        assert!(matches!(log.read(durable + 1, 1 << 20).await, Err(Error::OffsetOutOfRange { .. })));
+        assert!(matches!(log.wait_durable(durable + 100).await, Err(Error::OffsetOutOfRange { .. })));
+    });
+}
+
+#[test]
+fn corrupt_batches_are_refused_and_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let log = PartitionLog::open(small_config(&path)).await.unwrap();
+        append_range(&log, 0, 3).await;
+        let before = log.offsets();
+        let good = nth_batch(9);
+        let mut bad_crc = good.clone();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        let mut bad_magic = good.clone();
+        bad_magic[16] = 1;
+        let truncated = good[..good.len() - 5].to_vec();
+        let mut too_long = good.clone();
+        too_long.extend_from_slice(&[0; 8]);
+        for (name, b) in [
+            ("crc", bad_crc),
+            ("magic", bad_magic),
+            ("truncated", truncated),
+            ("trailing", too_long),
+            ("empty", vec![]),
+        ] {
+            let err = log.append(&b, 0, 0).await.expect_err(name);
+            assert!(matches!(err, Error::InvalidBatch(_)), "{name}: {err}");
+        }
+        let big = build_batch(1, 40 * 1024, 0, 0);
+        assert!(matches!(
+            log.append(&big, 0, 0).await,
+            Err(Error::InvalidBatch(iouring_storage::BatchError::TooLarge { .. }))
+        ));
+        assert_eq!(log.offsets(), before);
+        log.commit().await.unwrap();
+        assert_eq!(read_all(&log).await.len(), 3);
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_fdatasyncs_and_learn_their_offsets_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let log = PartitionLog::open(LogConfig::new(&path)).await.unwrap();
+        let tasks: Vec<_> = (0..64u64)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    let mut acked = Vec::new();
+                    for j in 0..20 {
+                        let b = nth_batch(i * 100 + j);
+                        let info = log.append(&b, 0, 0).await.unwrap();
+                        let durable = log.wait_durable(info.last_offset + 1).await.unwrap();
+                        assert!(durable > info.last_offset);
+                        acked.push((info.base_offset, stamped(b, info.base_offset)));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await);
+        }
+        let commits = log.stats().group_commits;
+        assert!(commits < 64 * 20 / 2, "1280 appends took {commits} fdatasyncs: no grouping");
+        acked.sort();
+        assert_eq!(read_all(&log).await, acked);
+    });
+}
+
+#[test]
+fn segments_roll_by_size_and_age_and_are_announced_once_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.segment_ms = Some(1_000);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let sealed = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let s2 = sealed.clone();
+        log.set_seal_listener(move |info| {
+            // Announced only once its files are complete and durable.
+            assert_eq!(std::fs::metadata(&info.log_path).unwrap().len(), info.size_bytes);
+            assert!(info.index_path.exists() && info.time_index_path.exists());
+            s2.borrow_mut().push(info.clone());
+        });
+        // Age: two small appends far apart in time roll once.
+        log.append(&nth_batch(0), 0, 0).await.unwrap();
+        log.append(&nth_batch(1), 0, 500).await.unwrap();
+        assert_eq!(log.stats().segments, 1);
+        log.append(&nth_batch(2), 0, 1_500).await.unwrap();
+        assert_eq!(log.stats().segments, 2);
+        // Size: each segment stays within segment_bytes.
+        for i in 3..400 {
+            log.append(&nth_batch(i), 0, 1_600).await.unwrap();
+        }
+        log.commit().await.unwrap();
+        let sealed = sealed.borrow().clone();
+        assert_eq!(sealed, log.sealed_segments());
+        assert!(sealed.len() > 3);
+        for w in sealed.windows(2) {
+            assert_eq!(w[0].next_offset, w[1].base_offset, "segments are contiguous");
+            assert!(w[1].size_bytes <= 64 * 1024);
+        }
+    });
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_by_size_and_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.retention_bytes = Some(300 * 1024);
+        cfg.retention_ms = None;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 800).await;
+        let total_before = log.size_bytes();
+        assert!(total_before > 1_000_000);
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert!(!deleted.is_empty());
+        assert!(log.size_bytes() >= 300 * 1024, "never below the limit");
+        assert!(log.size_bytes() < 300 * 1024 + 64 * 1024, "within one segment of it");
+        let start = log.offsets().log_start;
+        assert!(start > 0);
+        assert!(matches!(log.read(0, 100).await, Err(Error::OffsetOutOfRange { .. })));
+        let kept: Vec<_> = written.into_iter().filter(|(b, _)| *b >= start).collect();
+        assert_eq!(read_all(&log).await, kept);
+        for b in &deleted {
+            assert!(!path.join(format!("{b:020}.log")).exists());
+            assert!(!path.join(format!("{b:020}.index")).exists());
+        }
+        drop(log);
+        // By age: segments whose newest batch is older than retention_ms go, the active one stays.
+        cfg.retention_bytes = None;
+        cfg.retention_ms = Some(1_000);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let newest_ts = 1_000 + 800 * 10 + 5;
+        log.enforce_retention(newest_ts - 10).await.unwrap();
+        assert!(log.stats().segments >= 2, "young segments stay");
+        log.enforce_retention(newest_ts + 1_000_000).await.unwrap();
+        assert_eq!(log.stats().segments, 1, "only the active segment is left");
+        assert!(log.read(log.offsets().log_start, 100).await.unwrap().is_some());
+    });
+}
+
+#[test]
+fn timestamp_search_finds_the_first_batch_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let log = PartitionLog::open(small_config(&path)).await.unwrap();
+        let written = append_range(&log, 0, 500).await;
+        for i in [0u64, 1, 77, 250, 499] {
+            let ts = 1_000 + i as i64 * 10 + 3;
+            let hit = log.find_by_timestamp(ts).await.unwrap().unwrap();
+            assert_eq!(hit.batch_base_offset, written[i as usize].0, "ts {ts}");
+        }
+        assert_eq!(log.find_by_timestamp(0).await.unwrap().unwrap().batch_base_offset, 0);
+        assert!(log.find_by_timestamp(1_000_000).await.unwrap().is_none());
+        let max = log.max_timestamp().await.unwrap().unwrap();
+        assert_eq!(max.batch_base_offset, written[499].0);
+    });
+}
+
+#[test]
+fn truncation_removes_the_tail_and_appends_continue_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 400).await;
+        let segments_before = log.stats().segments;
+        // Cut in the middle of an early batch: the batch holding the offset goes whole.
+        let (cut_base, cut_bytes) = &written[40];
+        let delta = BatchHeader::parse(cut_bytes).unwrap().last_offset_delta as u64;
+        let new_end = log.truncate_to(cut_base + delta).await.unwrap();
+        assert_eq!(new_end, *cut_base);
+        assert!(log.stats().segments < segments_before);
+        assert_eq!(log.offsets().log_end, *cut_base);
+        assert_eq!(read_all(&log).await, written[..40].to_vec());
+        let more = append_range(&log, 1000, 1100).await;
+        assert_eq!(more[0].0, *cut_base);
+        log.close().await.unwrap();
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let mut expect = written[..40].to_vec();
+        expect.extend(more);
+        assert_eq!(read_all(&log).await, expect);
+    });
+}
+
+#[test]
+fn reopen_after_close_keeps_everything_and_continues_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let mut written = append_range(&log, 0, 200).await;
+        log.close().await.unwrap();
+        assert!(matches!(log.append(&nth_batch(0), 0, 0).await, Err(Error::Closed { .. })));
+        drop(log);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        assert_eq!(read_all(&log).await, written);
+        let next = log.offsets().log_end;
+        let more = append_range(&log, 200, 300).await;
+        assert_eq!(more[0].0, next);
+        written.extend(more);
+        drop(log); // no close: a crash after the last commit
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(read_all(&log).await, written);
+    });
+}
+
+/// Writes a log, drops it without closing (as a crash would, after a commit), lets `damage`
+/// change the files, reopens, and returns what was written and the reopened log.
+fn crash_scenario(
+    damage: impl FnOnce(&Path, &[(u64, Vec<u8>)]) + Send + 'static,
+    check: impl FnOnce(PartitionLog, Vec<(u64, Vec<u8>)>) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 150).await;
+        drop(log);
+        damage(&path, &written);
+        let log = PartitionLog::open(cfg).await.expect("recovery opens the log");
+        check(log, written).await;
+    });
+}
+
+fn active_segment(dir: &Path) -> PathBuf {
+    segment_files(dir, "log").pop().unwrap()
+}
+
+#[test]
+fn crash_torn_tail_drops_only_the_torn_batch() {
+    crash_scenario(
+        |dir, _| {
+            let seg = active_segment(dir);
+            let pos = batch_positions(&seg);
+            let (p, len) = *pos.last().unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            f.set_len(p + len as u64 / 2).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                let all = read_all(&log).await;
+                assert_eq!(all, written[..written.len() - 1].to_vec());
+                assert_eq!(log.offsets().log_end, written.last().unwrap().0);
+                // The log accepts appends again, at the torn batch's offset.
+                let info = log.append(&nth_batch(7), 0, 0).await.unwrap();
+                assert_eq!(info.base_offset, written.last().unwrap().0);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_bad_crc_in_the_middle_ends_the_log_before_it() {
+    crash_scenario(
+        |dir, _| {
+            let seg = active_segment(dir);
+            let pos = batch_positions(&seg);
+            assert!(pos.len() > 4);
+            let (p, len) = pos[pos.len() / 2];
+            let mut bytes = std::fs::read(&seg).unwrap();
+            bytes[p as usize + len - 3] ^= 0xff;
+            std::fs::write(&seg, bytes).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                let all = read_all(&log).await;
+                assert!(all.len() < written.len());
+                assert_eq!(all, written[..all.len()].to_vec(), "a prefix survives, byte for byte");
+                // Nothing after the bad batch is served, even though later batches were intact.
+                assert_eq!(log.offsets().log_end, written[all.len()].0);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_zero_padding_after_the_last_batch_is_ignored() {
+    crash_scenario(
+        |dir, _| {
+            let seg = active_segment(dir);
+            let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len + 1024 * 1024).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                assert_eq!(read_all(&log).await, written);
+                let more = append_range(&log, 500, 520).await;
+                assert_eq!(
+                    more[0].0,
+                    written
+                        .last()
+                        .map(|(b, w)| b + BatchHeader::parse(w).unwrap().last_offset_delta as u64 + 1)
+                        .unwrap()
+                );
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_garbage_after_the_last_batch_is_cut() {
+    crash_scenario(
+        |dir, _| {
+            let seg = active_segment(dir);
+            let end = batch_positions(&seg).last().map(|&(p, l)| p + l as u64).unwrap();
+            let mut bytes = std::fs::read(&seg).unwrap();
+            bytes.truncate(end as usize);
+            bytes.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+            std::fs::write(&seg, bytes).unwrap();
+        },
+        |log, written| Box::pin(async move { assert_eq!(read_all(&log).await, written) }),
+    );
+}
+
+#[test]
+fn crash_stale_batch_with_an_old_offset_after_the_end_is_not_served() {
+    // After a truncation, an older valid batch can sit right after the new end. Its CRC is fine
+    // but its offset goes backwards: recovery must stop there.
+    crash_scenario(
+        |dir, written| {
+            let seg = active_segment(dir);
+            let end = batch_positions(&seg).last().map(|&(p, l)| p + l as u64).unwrap();
+            let mut bytes = std::fs::read(&seg).unwrap();
+            bytes.truncate(end as usize);
+            bytes.extend_from_slice(&written[0].1);
+            std::fs::write(&seg, bytes).unwrap();
+        },
+        |log, written| Box::pin(async move { assert_eq!(read_all(&log).await, written) }),
+    );
+}
+
+#[test]
+fn crash_missing_index_of_a_sealed_segment_is_rebuilt() {
+    crash_scenario(
+        |dir, _| {
+            let idx = segment_files(dir, "index");
+            assert!(idx.len() >= 2);
+            std::fs::remove_file(&idx[0]).unwrap();
+            std::fs::remove_file(segment_files(dir, "timeindex")[1].clone()).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                assert_eq!(read_all(&log).await, written);
+                let dir = log.config().dir.clone();
+                assert_eq!(segment_files(&dir, "index").len(), log.stats().segments - 1, "indexes rewritten");
+                let hit = log.find_by_timestamp(1_000 + 20 * 10).await.unwrap().unwrap();
+                assert_eq!(hit.batch_base_offset, written[20].0);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_damaged_index_is_rebuilt() {
+    crash_scenario(
+        |dir, _| {
+            let idx = segment_files(dir, "index");
+            let mut bytes = std::fs::read(&idx[0]).unwrap();
+            bytes[50] ^= 0x55;
+            std::fs::write(&idx[0], bytes).unwrap();
+            std::fs::write(&segment_files(dir, "timeindex")[1], b"garbage").unwrap();
+        },
+        |log, written| Box::pin(async move { assert_eq!(read_all(&log).await, written) }),
+    );
+}
+
+#[test]
+fn crash_during_roll_before_the_index_was_written() {
+    // The crash came after the new segment file was created (empty, preallocated) but before
+    // the sealed segment's index files were renamed into place: a temp file is left behind.
+    crash_scenario(
+        |dir, _| {
+            let logs = segment_files(dir, "log");
+            let sealed = &logs[logs.len() - 1];
+            let stem = sealed.file_stem().unwrap().to_str().unwrap().to_owned();
+            std::fs::remove_file(dir.join(format!("{stem}.index"))).ok();
+            std::fs::remove_file(dir.join(format!("{stem}.timeindex"))).ok();
+            std::fs::write(dir.join(format!("{stem}.index.tmp")), b"half written").unwrap();
+            // The next segment exists, zero-filled by preallocation.
+            let bytes = std::fs::read(sealed).unwrap();
+            let last = batch_positions(sealed).last().copied().unwrap();
+            let h = BatchHeader::parse(&bytes[last.0 as usize..]).unwrap();
+            let new = dir.join(format!("{:020}.log", h.last_offset() + 1));
+            std::fs::write(&new, vec![0u8; 128 * 1024]).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                assert_eq!(read_all(&log).await, written);
+                let dir = log.config().dir.clone();
+                assert!(segment_files(&dir, "tmp").is_empty(), "temporaries removed");
+                let more = append_range(&log, 600, 610).await;
+                let mut expect = written.clone();
+                expect.extend(more);
+                assert_eq!(read_all(&log).await, expect);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_corruption_in_a_sealed_segment_without_index_drops_everything_after() {
+    crash_scenario(
+        |dir, _| {
+            let logs = segment_files(dir, "log");
+            assert!(logs.len() >= 3);
+            let victim = &logs[1];
+            let stem = victim.file_stem().unwrap().to_str().unwrap().to_owned();
+            std::fs::remove_file(dir.join(format!("{stem}.index"))).unwrap();
+            let pos = batch_positions(victim);
+            let (p, _) = pos[pos.len() / 2];
+            let mut bytes = std::fs::read(victim).unwrap();
+            bytes[p as usize + 30] ^= 0x01;
+            std::fs::write(victim, bytes).unwrap();
+        },
+        |log, written| {
+            Box::pin(async move {
+                let all = read_all(&log).await;
+                assert!(all.len() < written.len());
+                assert_eq!(all, written[..all.len()].to_vec());
+                assert_eq!(log.stats().segments, 2, "the segments after the corrupt one are gone");
+                assert_eq!(log.offsets().log_end, written[all.len()].0);
+            })
+        },
+    );
+}
+
+/// A tmpfs mount of `bytes`, unmounted on drop (lazily: glommio closes files in the background,
+/// so a descriptor may outlive the executor by a moment). Needs root, as CI and these machines run.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(bytes: u64) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a small tmpfs for the disk-full test needs root");
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
+    let fs = SmallFs::new(2 * 1024 * 1024);
+    let path = fs.dir.path().join("p-0");
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.segment_bytes = 64 * 1024 * 1024;
+        cfg.preallocate_step_bytes = 64 * 1024;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let mut acked = Vec::new();
+        let mut failure = None;
+        for i in 0..10_000u64 {
+            let b = nth_batch(i);
+            let r = match log.append(&b, 0, 0).await {
+                Ok(info) => log.wait_durable(info.last_offset + 1).await.map(|_| info),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(info) => acked.push((info.base_offset, stamped(b, info.base_offset))),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("a 2 MiB filesystem fills up");
+        assert!(matches!(failure, Error::Poisoned { .. }), "{failure}");
+        assert!(log.poisoned().is_some());
+        // Poisoned means refused, every time, with the cause.
+        let again = log.append(&nth_batch(1), 0, 0).await.unwrap_err();
+        assert!(again.to_string().contains("poisoned"), "{again}");
+        assert!(matches!(log.commit().await, Err(Error::Poisoned { .. })));
+        drop(log);
+        // Reopen: every acknowledged batch is there.
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let all = read_all(&log).await;
+        assert!(all.len() >= acked.len());
+        assert_eq!(all[..acked.len()], acked[..]);
+    });
+    drop(fs);
+}

@@ -1,0 +1,300 @@
+//! Workspace-wide tidy checks: crate layering and lint inheritance, read from `cargo metadata`.
+//!
+//! This test guards the whole workspace, not this crate. It lives here because iouring-storage
+//! is the only crate so far; move it to a better home (bench-harness, or a small `xtask`) when
+//! one exists.
+//!
+//! The layering is the picture in shared/STYLE.md ("Crates and layering"). A crate depends only
+//! on crates below it and siblings never depend on each other; the same rule holds for normal,
+//! build and dev dependencies alike. Every member also inherits the workspace lints.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Every workspace crate and the workspace crates it may depend on. A crate missing here is an
+/// error: place it in the layering on purpose.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("iouring-storage", &[]),
+    ("tiering", &["iouring-storage"]),
+    ("replication", &["iouring-storage"]),
+    ("shard", &["tiering", "replication", "iouring-storage"]),
+    ("broker", &["shard", "tiering", "replication", "iouring-storage"]),
+    // Nothing depends on perf or bench-harness, and as siblings they never depend on each other.
+    ("perf", &["broker", "shard", "tiering", "replication", "iouring-storage"]),
+    ("bench-harness", &["broker", "shard", "tiering", "replication", "iouring-storage"]),
+];
+
+/// One declared dependency between two workspace crates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Edge {
+    from: String,
+    to: String,
+    /// `normal`, `dev` or `build`, as cargo names them.
+    kind: String,
+}
+
+/// Why `from -> to` breaks the layering, or `None` if the table allows it.
+fn layering_violation(from: &str, to: &str) -> Option<String> {
+    let unknown = |name: &str| {
+        format!("workspace crate `{name}` is not in the layering table (LAYERS in iouring-storage/tests/tidy.rs): add it there, at its place in STYLE.md's picture")
+    };
+    let Some((_, allowed)) = LAYERS.iter().find(|(name, _)| *name == from) else {
+        return Some(unknown(from));
+    };
+    if !LAYERS.iter().any(|(name, _)| *name == to) {
+        return Some(unknown(to));
+    }
+    if allowed.contains(&to) {
+        None
+    } else {
+        Some(format!(
+            "`{from}` must not depend on `{to}`: it may depend only on {allowed:?} (a crate depends only on crates below it; siblings never depend on each other)"
+        ))
+    }
+}
+
+/// Every layering problem in the workspace: unknown members and edges the table does not allow.
+fn layering_violations(members: &[String], edges: &[Edge]) -> Vec<String> {
+    let mut problems: Vec<String> = members
+        .iter()
+        .filter(|m| !LAYERS.iter().any(|(name, _)| name == m))
+        .map(|m| layering_violation(m, m).expect("an unknown crate is a violation whatever it depends on"))
+        .collect();
+    for e in edges {
+        if !members.contains(&e.from) || !members.contains(&e.to) {
+            continue;
+        }
+        if let Some(why) = layering_violation(&e.from, &e.to) {
+            problems.push(format!("{} ({} dependency)", why, e.kind));
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+/// True if a Cargo.toml inherits the workspace lints: a `[lints]` table with `workspace = true`,
+/// or the dotted (`lints.workspace = true`) or inline (`lints = { workspace = true }`) forms.
+/// A line scan, not a TOML parser: enough for the manifests we write, and strict enough that a
+/// missing or false setting is caught.
+fn inherits_workspace_lints(manifest: &str) -> bool {
+    let squash = |line: &str| -> String {
+        let code = line.split('#').next().unwrap_or("");
+        code.chars().filter(|c| !c.is_whitespace()).collect()
+    };
+    let mut table = String::new();
+    for line in manifest.lines().map(squash) {
+        if line.starts_with('[') {
+            table = line;
+            continue;
+        }
+        let found = match table.as_str() {
+            "[lints]" => line == "workspace=true",
+            "" => line == "lints.workspace=true" || line == "lints={workspace=true}",
+            _ => false,
+        };
+        if found {
+            return true;
+        }
+    }
+    false
+}
+
+/// The workspace as `cargo metadata` describes it: members (name, manifest path) and the
+/// declared dependencies between them.
+fn workspace() -> (Vec<(String, PathBuf)>, Vec<Edge>) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("running `{cargo} metadata`: {e}"));
+    assert!(
+        output.status.success(),
+        "`{cargo} metadata` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let member_ids: BTreeSet<&str> = metadata["workspace_members"]
+        .as_array()
+        .expect("workspace_members is an array")
+        .iter()
+        .map(|id| id.as_str().expect("package ids are strings"))
+        .collect();
+    let packages: Vec<&Value> = metadata["packages"]
+        .as_array()
+        .expect("packages is an array")
+        .iter()
+        .filter(|p| member_ids.contains(p["id"].as_str().expect("package id")))
+        .collect();
+    let members: Vec<(String, PathBuf)> = packages
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().expect("package name").to_owned();
+            let manifest = PathBuf::from(p["manifest_path"].as_str().expect("manifest path"));
+            (name, manifest)
+        })
+        .collect();
+    let names: BTreeSet<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    let mut edges = Vec::new();
+    for p in &packages {
+        for d in p["dependencies"].as_array().expect("dependencies is an array") {
+            // `name` is the package's own name even when the dependency is renamed. A crate of
+            // the same name from a registry or git is not a workspace edge.
+            let to = d["name"].as_str().expect("dependency name");
+            if d["source"].is_null() && names.contains(to) {
+                edges.push(Edge {
+                    from: p["name"].as_str().expect("package name").to_owned(),
+                    to: to.to_owned(),
+                    kind: d["kind"].as_str().unwrap_or("normal").to_owned(),
+                });
+            }
+        }
+    }
+    (members, edges)
+}
+
+#[test]
+fn workspace_crates_follow_the_layering() {
+    let (members, edges) = workspace();
+    assert!(
+        members.iter().any(|(n, _)| n == "iouring-storage"),
+        "cargo metadata did not list this crate: the check would prove nothing"
+    );
+    let names: Vec<String> = members.into_iter().map(|(n, _)| n).collect();
+    let problems = layering_violations(&names, &edges);
+    assert!(problems.is_empty(), "layering violations:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn every_member_inherits_the_workspace_lints() {
+    let (members, _) = workspace();
+    let missing: Vec<String> = members
+        .iter()
+        .filter(|(_, manifest)| !inherits_workspace_lints(&read(manifest)))
+        .map(|(name, manifest)| format!("{name} ({})", manifest.display()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "these crates do not set `[lints] workspace = true` in their Cargo.toml:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+// The rule functions themselves, on hostile input, so the checks above demonstrably can fail.
+
+fn edge(from: &str, to: &str, kind: &str) -> Edge {
+    Edge {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        kind: kind.to_owned(),
+    }
+}
+
+fn all_known() -> Vec<String> {
+    LAYERS.iter().map(|(n, _)| (*n).to_owned()).collect()
+}
+
+#[test]
+fn downward_edges_are_allowed() {
+    for (from, to) in [
+        ("tiering", "iouring-storage"),
+        ("replication", "iouring-storage"),
+        ("shard", "tiering"),
+        ("shard", "replication"),
+        ("shard", "iouring-storage"),
+        ("broker", "shard"),
+        ("broker", "iouring-storage"),
+        ("perf", "broker"),
+        ("bench-harness", "shard"),
+    ] {
+        assert_eq!(layering_violation(from, to), None, "{from} -> {to}");
+    }
+}
+
+#[test]
+fn storage_depending_on_shard_is_rejected() {
+    let why = layering_violation("iouring-storage", "shard").expect("an upward edge must be rejected");
+    assert!(why.contains("`iouring-storage` must not depend on `shard`"), "{why}");
+    let problems = layering_violations(&all_known(), &[edge("iouring-storage", "shard", "normal")]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
+
+#[test]
+fn upward_sibling_and_self_edges_are_rejected() {
+    for (from, to) in [
+        ("iouring-storage", "tiering"),
+        ("iouring-storage", "broker"),
+        ("tiering", "replication"),
+        ("replication", "tiering"),
+        ("tiering", "shard"),
+        ("shard", "broker"),
+        ("broker", "perf"),
+        ("shard", "bench-harness"),
+        ("perf", "bench-harness"),
+        ("bench-harness", "perf"),
+        ("shard", "shard"),
+    ] {
+        assert!(layering_violation(from, to).is_some(), "{from} -> {to} must be rejected");
+    }
+}
+
+#[test]
+fn dev_dependencies_obey_the_same_rules() {
+    let problems = layering_violations(&all_known(), &[edge("iouring-storage", "bench-harness", "dev")]);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("(dev dependency)"), "{problems:?}");
+}
+
+#[test]
+fn unknown_crates_are_rejected_with_a_hint() {
+    let mut members = all_known();
+    members.push("gateway".to_owned());
+    let problems = layering_violations(&members, &[edge("gateway", "iouring-storage", "normal")]);
+    assert!(!problems.is_empty());
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.contains("`gateway` is not in the layering table") && p.contains("add it")),
+        "{problems:?}"
+    );
+    assert!(layering_violation("shard", "gateway").is_some());
+}
+
+#[test]
+fn edges_to_crates_outside_the_workspace_are_ignored() {
+    // Only the members cargo listed count: e.g. a registry crate that happens to share a name.
+    let members = vec!["iouring-storage".to_owned()];
+    assert!(layering_violations(&members, &[edge("iouring-storage", "shard", "normal")]).is_empty());
+}
+
+#[test]
+fn lint_inheritance_is_recognised_in_its_three_forms() {
+    assert!(inherits_workspace_lints("[package]\nname = \"x\"\n\n[lints]\nworkspace = true\n"));
+    assert!(inherits_workspace_lints(
+        "[lints]\n  workspace=true   # inherit\n[[bench]]\nname = \"m\"\n"
+    ));
+    assert!(inherits_workspace_lints("lints.workspace = true\n[package]\nname = \"x\"\n"));
+    assert!(inherits_workspace_lints("lints = { workspace = true }\n[package]\n"));
+}
+
+#[test]
+fn missing_or_false_lint_inheritance_is_caught() {
+    assert!(!inherits_workspace_lints("[package]\nname = \"x\"\n"));
+    assert!(!inherits_workspace_lints("[lints]\nworkspace = false\n"));
+    assert!(!inherits_workspace_lints("[lints]\n# workspace = true\n"));
+    // In another table it means something else.
+    assert!(!inherits_workspace_lints(
+        "[package]\nworkspace = true\n[lints.rust]\nunsafe_code = \"forbid\"\n"
+    ));
+    assert!(!inherits_workspace_lints("[lints.clippy]\nworkspace = true\n"));
+    // `[lints]` followed by a different table before the setting.
+    assert!(!inherits_workspace_lints("[lints]\n[dependencies]\nworkspace = true\n"));
+}
