@@ -48,12 +48,16 @@ fn layering_violation(from: &str, to: &str) -> Option<String> {
         return Some(unknown(to));
     }
     if allowed.contains(&to) {
-        None
-    } else {
-        Some(format!(
-            "`{from}` must not depend on `{to}`: it may depend only on {allowed:?} (a crate depends only on crates below it; siblings never depend on each other)"
-        ))
+        return None;
     }
+    let may = if allowed.is_empty() {
+        "no workspace crate".to_owned()
+    } else {
+        format!("only {}", allowed.join(", "))
+    };
+    Some(format!(
+        "`{from}` must not depend on `{to}`: it may depend on {may} (a crate depends only on crates below it; siblings never depend on each other)"
+    ))
 }
 
 /// Every layering problem in the workspace: unknown members and edges the table does not allow.
