@@ -471,6 +471,21 @@ impl PartitionLog {
         }
     }
 
+    /// Waits until there is durable data at or after `offset` (the durable end moves past it),
+    /// or the log is truncated, poisoned or closed. Long-polling fetches park here.
+    pub async fn wait_for_data(&self, offset: u64) {
+        loop {
+            let listen = {
+                let st = self.state();
+                if st.durable_end > offset || st.poisoned.is_some() || st.closed {
+                    return;
+                }
+                self.inner.durable_changed.listen()
+            };
+            listen.await;
+        }
+    }
+
     /// One group commit: under the append lock only long enough to submit the dirty tail, then
     /// the writes and the fdatasync run while appends continue.
     async fn commit_once(&self) -> Result<u64> {
@@ -860,6 +875,7 @@ impl PartitionLog {
         seg.next_offset = new_end;
         seg.index = index;
         drop(st);
+        self.inner.durable_changed.notify_all();
         tracing::info!(target: "iouring_storage", dir = %dir.display(), offset, new_end, "log truncated");
         Ok(new_end)
     }
@@ -871,6 +887,7 @@ impl PartitionLog {
             self.sync_locked().await?;
         }
         self.state_mut().closed = true;
+        self.inner.durable_changed.notify_all();
         Ok(())
     }
 }

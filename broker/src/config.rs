@@ -1,0 +1,251 @@
+//! Broker configuration: defaults, then a TOML file, then environment variables, then flags.
+//! Every bound is checked at start-up with an error that names the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line flags; each also reads an environment variable. Unset ones fall back to the
+/// TOML file, then to the defaults.
+#[derive(Debug, Parser, Default)]
+#[command(name = "broker", about = "A Kafka-compatible broker on io_uring, one shard per core.")]
+pub struct Flags {
+    /// TOML config file.
+    #[arg(long, env = "BROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address the Kafka listener binds (default 127.0.0.1:9092).
+    #[arg(long, env = "BROKER_LISTEN")]
+    pub listen: Option<String>,
+    /// host:port clients are told to connect to (default: the listen address).
+    #[arg(long, env = "BROKER_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+    /// Directory for partitions and metadata (default ./data).
+    #[arg(long, env = "BROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Number of shards, one per core (default: every core).
+    #[arg(long, env = "BROKER_SHARDS")]
+    pub shards: Option<usize>,
+    /// Create topics on first use by Metadata or Produce (default true).
+    #[arg(long, env = "BROKER_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic (default 1).
+    #[arg(long, env = "BROKER_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Log format: text or json (default text).
+    #[arg(long, env = "BROKER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file: the same keys, snake_case; unknown keys are an error.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub advertised_listener: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub shards: Option<usize>,
+    pub pin_shards: Option<bool>,
+    pub node_id: Option<i32>,
+    pub auto_create_topics: Option<bool>,
+    pub default_partitions: Option<i32>,
+    pub request_bytes_max: Option<usize>,
+    pub requests_in_flight_max: Option<usize>,
+    pub connections_max: Option<usize>,
+    pub retention_check_interval_ms: Option<u64>,
+    pub log_format: Option<String>,
+    /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
+    #[serde(default)]
+    pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
+}
+
+/// The validated configuration the broker runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub pin_shards: bool,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    /// Largest request frame accepted (`socket.request.max.bytes`).
+    pub request_bytes_max: usize,
+    /// Requests one connection may have in flight before the broker stops reading from it.
+    pub requests_in_flight_max: usize,
+    pub connections_max: usize,
+    pub retention_check_interval_ms: u64,
+    pub log_json: bool,
+    /// Topic config defaults given in the file, as strings, checked like topic configs.
+    pub topic_defaults: Vec<(String, String)>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Merges flags (and their environment variables) over the file over the defaults.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| bad("config", format!("reading {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    pub fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen_text = flags.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| bad("listen", format!("`{listen_text}` is not host:port: {e}")))?;
+        let advertised = flags
+            .advertised_listener
+            .or(file.advertised_listener)
+            .unwrap_or_else(|| listen.to_string());
+        let (host, port) = advertised
+            .rsplit_once(':')
+            .ok_or_else(|| bad("advertised_listener", format!("`{advertised}` is not host:port")))?;
+        let advertised_port: u16 = port
+            .parse()
+            .map_err(|_| bad("advertised_listener", format!("port `{port}` is not a number")))?;
+        if host.is_empty() {
+            return Err(bad("advertised_listener", "host is empty"));
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let shards = flags.shards.or(file.shards).unwrap_or(0);
+        let shards = if shards == 0 { cores } else { shards };
+        if shards > 1024 {
+            return Err(bad("shards", format!("{shards} is more than 1024")));
+        }
+        let pin_shards = file.pin_shards.unwrap_or(shards <= cores);
+        if pin_shards && shards > cores {
+            return Err(bad("pin_shards", format!("cannot pin {shards} shards on {cores} cores")));
+        }
+        let default_partitions = flags.default_partitions.or(file.default_partitions).unwrap_or(1);
+        if !(1..=10_000).contains(&default_partitions) {
+            return Err(bad(
+                "default_partitions",
+                format!("{default_partitions} is not between 1 and 10000"),
+            ));
+        }
+        let request_bytes_max = file.request_bytes_max.unwrap_or(100 * 1024 * 1024);
+        if !(1024..=1024 * 1024 * 1024).contains(&request_bytes_max) {
+            return Err(bad("request_bytes_max", "must be between 1 KiB and 1 GiB"));
+        }
+        let requests_in_flight_max = file.requests_in_flight_max.unwrap_or(32);
+        if !(1..=1024).contains(&requests_in_flight_max) {
+            return Err(bad("requests_in_flight_max", "must be between 1 and 1024"));
+        }
+        let connections_max = file.connections_max.unwrap_or(10_000);
+        if connections_max == 0 {
+            return Err(bad("connections_max", "must be positive"));
+        }
+        let log_format = flags.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return Err(bad("log_format", format!("`{other}` is neither text nor json"))),
+        };
+        let mut topic_defaults = Vec::new();
+        for (k, v) in file.topic_defaults {
+            let text = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => return Err(bad(&format!("topic_defaults.{k}"), format!("unsupported value {other}"))),
+            };
+            crate::topic_config::validate_one(&k, &text).map_err(|reason| bad(&format!("topic_defaults.{k}"), reason))?;
+            topic_defaults.push((k, text));
+        }
+        Ok(Config {
+            listen,
+            advertised_host: host.to_owned(),
+            advertised_port,
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            shards,
+            pin_shards,
+            node_id: file.node_id.unwrap_or(1),
+            auto_create_topics: flags.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
+            default_partitions,
+            request_bytes_max,
+            requests_in_flight_max,
+            connections_max,
+            retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
+            log_json,
+            topic_defaults,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_with_nothing_set() {
+        let c = Config::merge(Flags::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.advertised_port, 9092);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.shards >= 1);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:1000\"\ndefault_partitions = 3\n").unwrap();
+        let flags = Flags {
+            listen: Some("127.0.0.1:2000".into()),
+            ..Flags::default()
+        };
+        let c = Config::merge(flags, file).unwrap();
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.default_partitions, 3);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Config::merge(
+            Flags {
+                listen: Some("nowhere".into()),
+                ..Flags::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listen");
+        let e = Config::merge(
+            Flags {
+                advertised_listener: Some("host:port".into()),
+                ..Flags::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "advertised_listener");
+        let file: FileConfig = toml::from_str("[topic_defaults]\n\"retention.ms\" = \"soon\"\n").unwrap();
+        let e = Config::merge(Flags::default(), file).unwrap_err();
+        assert_eq!(e.key, "topic_defaults.retention.ms");
+        assert!(toml::from_str::<FileConfig>("no_such_key = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("no_such_key"));
+    }
+}

@@ -1,0 +1,72 @@
+//! The one place where shard and storage errors become Kafka error codes.
+
+use iouring_storage::{BatchError, Error as StorageError};
+use kafka_protocol::error::ResponseError;
+use shard::Error as ShardError;
+
+/// The Kafka error code for a failed partition operation.
+pub fn code(e: &ShardError) -> i16 {
+    let r = match e {
+        ShardError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition,
+        // The owner is going away (shutdown): a retriable error sends the client back to
+        // Metadata and another attempt.
+        ShardError::ShardGone(_) => ResponseError::NotLeaderOrFollower,
+        ShardError::TooManyPartitions { .. } => ResponseError::KafkaStorageError,
+        ShardError::Startup { .. } => ResponseError::UnknownServerError,
+        ShardError::Storage { source, .. } => match source {
+            StorageError::InvalidBatch(b) => match b {
+                BatchError::BadCrc { .. } | BatchError::LengthMismatch { .. } | BatchError::TooShort { .. } => {
+                    ResponseError::CorruptMessage
+                }
+                BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+                BatchError::BadMagic { .. } => ResponseError::UnsupportedForMessageFormat,
+                BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
+            },
+            StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
+            StorageError::Poisoned { .. } | StorageError::Io { .. } | StorageError::Corrupt { .. } => ResponseError::KafkaStorageError,
+            StorageError::Config { .. } => ResponseError::InvalidConfig,
+        },
+    };
+    r.code()
+}
+
+/// Logs errors an operator must see (storage failures); the rest are the client's business.
+pub fn log_if_serious(e: &ShardError) {
+    if let ShardError::Storage {
+        source: StorageError::Poisoned { .. } | StorageError::Io { .. } | StorageError::Corrupt { .. },
+        tp,
+    } = e
+    {
+        tracing::error!(target: "broker", %tp, error = %e, "partition storage failure");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_kafka() {
+        assert_eq!(code(&ShardError::UnknownPartition("t-0".into())), 3);
+        let crc = ShardError::Storage {
+            tp: "t-0".into(),
+            source: StorageError::InvalidBatch(BatchError::BadCrc { stored: 1, computed: 2 }),
+        };
+        assert_eq!(code(&crc), 2);
+        let big = ShardError::Storage {
+            tp: "t-0".into(),
+            source: StorageError::InvalidBatch(BatchError::TooLarge { len: 2, max: 1 }),
+        };
+        assert_eq!(code(&big), 10);
+        let range = ShardError::Storage {
+            tp: "t-0".into(),
+            source: StorageError::OffsetOutOfRange {
+                offset: 9,
+                log_start: 0,
+                log_end: 1,
+            },
+        };
+        assert_eq!(code(&range), 1);
+    }
+}

@@ -1,0 +1,180 @@
+//! Fetch (key 1), versions 4-17: reads from each partition's owner; if fewer than `min_bytes`
+//! are ready, parks on the owners (long poll) until data arrives or `max_wait_ms` passes.
+//! Sessionless: every response has session id 0, so clients send full requests.
+//!
+//! Byte limits: each partition reads at most `partition_max_bytes`; the response keeps whole
+//! partitions in request order while they fit in `max_bytes`, and always the first non-empty
+//! one whole, even if larger (KIP-74), so a consumer can always make progress.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use shard::{Op, OpResult, ShardId, TopicPartition};
+
+use super::{decode_body, Request};
+use crate::metadata::MetaStore;
+use crate::server::Broker;
+
+/// Longest long poll honoured, whatever the client asks.
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// One partition being fetched.
+struct Wanted {
+    topic: usize,
+    partition: usize,
+    tp: TopicPartition,
+    owner: ShardId,
+    offset: u64,
+    max_bytes: usize,
+}
+
+pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
+    let req: FetchRequest = decode_body(body, request.version)?;
+    let meta = broker.meta.snapshot();
+    let started = Instant::now();
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+
+    let mut responses = Vec::with_capacity(req.topics.len());
+    let mut wanted = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let topic = if request.version >= 13 {
+            meta.topic_by_id(t.topic_id)
+        } else {
+            meta.topics.get(t.topic.0.as_str())
+        };
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for (pi, p) in t.partitions.iter().enumerate() {
+            let answer = PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_records(Some(Bytes::new()));
+            let missing = if request.version >= 13 {
+                ResponseError::UnknownTopicId
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            };
+            let Some(topic) = topic else {
+                partitions.push(answer.with_error_code(missing.code()));
+                continue;
+            };
+            let tp = TopicPartition::new(topic.name.clone(), p.partition);
+            let Some(owner) = MetaStore::owner(&meta, &tp) else {
+                partitions.push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            if p.fetch_offset < 0 {
+                partitions.push(answer.with_error_code(ResponseError::OffsetOutOfRange.code()));
+                continue;
+            }
+            partitions.push(answer);
+            wanted.push(Wanted {
+                topic: ti,
+                partition: pi,
+                tp,
+                owner,
+                offset: p.fetch_offset as u64,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+            });
+        }
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions),
+        );
+    }
+
+    loop {
+        let mut by_owner: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        for (i, w) in wanted.iter().enumerate() {
+            by_owner.entry(w.owner).or_default().push(i);
+        }
+        let calls = by_owner.iter().map(|(&owner, idx)| {
+            let ops = idx
+                .iter()
+                .map(|&i| Op::Read {
+                    tp: wanted[i].tp.clone(),
+                    offset: wanted[i].offset,
+                    max_bytes: wanted[i].max_bytes.min(max_bytes).max(1),
+                })
+                .collect();
+            async move { (broker.router.call(owner, ops).await, idx) }
+        });
+        let mut total = 0usize;
+        let mut errors = false;
+        for (results, idx) in futures::future::join_all(calls).await {
+            match results {
+                Ok(results) => {
+                    for (result, &i) in results.into_iter().zip(idx) {
+                        let w = &wanted[i];
+                        let answer = &mut responses[w.topic].partitions[w.partition];
+                        match result {
+                            OpResult::Read(Ok((data, offsets))) => {
+                                answer.error_code = 0;
+                                answer.high_watermark = offsets.durable_end as i64;
+                                answer.last_stable_offset = offsets.durable_end as i64;
+                                if request.version >= 5 {
+                                    answer.log_start_offset = offsets.log_start as i64;
+                                }
+                                answer.records = Some(data.map(|d| d.bytes).unwrap_or_default());
+                                total += answer.records.as_ref().map_or(0, |r| r.len());
+                            }
+                            OpResult::Read(Err(e)) => {
+                                crate::errors::log_if_serious(&e);
+                                answer.error_code = crate::errors::code(&e);
+                                answer.records = Some(Bytes::new());
+                                errors = true;
+                            }
+                            other => anyhow::bail!("read answered with {other:?}"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for &i in idx {
+                        let w = &wanted[i];
+                        responses[w.topic].partitions[w.partition].error_code = crate::errors::code(&e);
+                    }
+                    errors = true;
+                }
+            }
+        }
+        let left = wait.saturating_sub(started.elapsed());
+        if total >= min_bytes || errors || left.is_zero() || wanted.is_empty() {
+            break;
+        }
+        // Long poll: park on the owners until one of them has data for us, or time is up.
+        let waits = by_owner.iter().map(|(&owner, idx)| {
+            let watches = idx.iter().map(|&i| (wanted[i].tp.clone(), wanted[i].offset)).collect();
+            Box::pin(broker.router.call(owner, vec![Op::WaitData { watches, timeout: left }]))
+        });
+        let _ = futures::future::select_all(waits).await;
+    }
+
+    // Keep whole partitions in request order within max_bytes; the first non-empty one always.
+    let mut budget = max_bytes;
+    let mut first = true;
+    for w in &wanted {
+        let answer = &mut responses[w.topic].partitions[w.partition];
+        let len = answer.records.as_ref().map_or(0, |r| r.len());
+        if len == 0 {
+            continue;
+        }
+        if first || len <= budget {
+            budget = budget.saturating_sub(len);
+            first = false;
+        } else {
+            answer.records = Some(Bytes::new());
+        }
+    }
+    Ok(Some(ResponseKind::Fetch(
+        FetchResponse::default().with_session_id(0).with_responses(responses),
+    )))
+}

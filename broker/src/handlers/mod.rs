@@ -1,0 +1,148 @@
+//! The Kafka APIs: one file per API, all registered in `APIS` with the versions supported.
+//!
+//! Architecture invariant: Kafka error codes are chosen here, at the handler boundary
+//! (`errors.rs`); the shard and storage crates report their own errors.
+
+mod api_versions;
+mod create_topics;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::server::Broker;
+
+/// Every API this broker serves, with the versions it supports.
+pub const APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 17),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+];
+
+/// The versions of `key` this broker supports.
+pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    APIS.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+}
+
+/// A request frame whose header was decoded.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    /// Where the body starts in the frame.
+    pub body_start: usize,
+    /// ApiVersions at a version above ours: answer with the v0 fallback.
+    pub api_versions_fallback: bool,
+}
+
+/// What the connection does with a handled request.
+pub enum Outcome {
+    Respond(Bytes),
+    NoResponse,
+    Close(String),
+}
+
+/// Decodes the request header; an error says why the connection should close.
+pub fn parse(frame: &Bytes) -> Result<Request, String> {
+    if frame.len() < 8 {
+        return Err(format!("frame of {} bytes has no header", frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(key).map_err(|_| format!("unknown API key {key}"))?;
+    let Some((min, max)) = supported(api_key) else {
+        return Err(format!("API {api_key:?} (key {key}) is not supported"));
+    };
+    if api_key == ApiKey::ApiVersions && version > max {
+        let header = RequestHeader::default()
+            .with_request_api_key(key)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id);
+        return Ok(Request {
+            api_key,
+            version,
+            header,
+            body_start: frame.len(),
+            api_versions_fallback: true,
+        });
+    }
+    if version < min || version > max {
+        return Err(format!("{api_key:?} version {version} is not supported (supported: {min}..={max})"));
+    }
+    let mut buf = frame.clone();
+    let header = RequestHeader::decode(&mut buf, api_key.request_header_version(version))
+        .map_err(|e| format!("bad {api_key:?} request header: {e}"))?;
+    let body_start = frame.len() - buf.remaining();
+    Ok(Request {
+        api_key,
+        version,
+        header,
+        body_start,
+        api_versions_fallback: false,
+    })
+}
+
+/// Runs the handler of one request and encodes its response frame.
+pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome {
+    let mut body = frame.slice(request.body_start..);
+    let result: anyhow::Result<Option<ResponseKind>> = match request.api_key {
+        ApiKey::ApiVersions => api_versions::handle(broker, &request, &mut body),
+        ApiKey::Metadata => metadata::handle(broker, &request, &mut body).await,
+        ApiKey::Produce => produce::handle(broker, &request, &mut body).await,
+        ApiKey::Fetch => fetch::handle(broker, &request, &mut body).await,
+        ApiKey::ListOffsets => list_offsets::handle(broker, &request, &mut body).await,
+        ApiKey::CreateTopics => create_topics::handle(broker, &request, &mut body).await,
+        other => Err(anyhow::anyhow!("no handler for {other:?}")),
+    };
+    match result {
+        Ok(Some(response)) => {
+            // ApiVersions always answers with a v0 header, and the fallback with a v0 body.
+            let version = if request.api_versions_fallback { 0 } else { request.version };
+            match encode(request.api_key, version, request.header.correlation_id, &response) {
+                Ok(bytes) => Outcome::Respond(bytes),
+                Err(e) => Outcome::Close(format!("encoding {:?} v{version} response: {e}", request.api_key)),
+            }
+        }
+        Ok(None) => Outcome::NoResponse,
+        Err(e) => Outcome::Close(format!("{:?} v{}: {e:#}", request.api_key, request.version)),
+    }
+}
+
+/// Size prefix, response header, body.
+pub fn encode(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.extend_from_slice(&[0u8; 4]);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, api_key.response_header_version(version))?;
+    response.encode(&mut buf, version)?;
+    let size = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&size.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Decodes a request body, refusing trailing bytes (a sign of a mis-framed request).
+pub fn decode_body<T: Decodable>(body: &mut Bytes, version: i16) -> anyhow::Result<T> {
+    let value = T::decode(body, version)?;
+    if body.has_remaining() {
+        anyhow::bail!("{} bytes left after the request body", body.remaining());
+    }
+    Ok(value)
+}
+
+/// Milliseconds since the Unix epoch, the clock Kafka timestamps use.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,182 @@
+//! Produce (key 0), versions 3-13: each partition's batch goes to its owner shard (one mesh
+//! message per owner); acks=all answers after the group commit that covers the batch, acks=1
+//! after the append, acks=0 not at all.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use shard::{Op, OpResult, ShardId, TopicPartition};
+
+use super::{decode_body, now_ms, Request};
+use crate::server::Broker;
+
+/// Attribute bit of a batch whose timestamps are the broker's (LogAppendTime).
+const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
+
+/// Where one partition's answer goes in the response.
+struct Slot {
+    topic: usize,
+    partition: usize,
+}
+
+pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
+    let req: ProduceRequest = decode_body(body, request.version)?;
+    let durable = match req.acks {
+        -1 => true,
+        0 | 1 => false,
+        other => return Ok(Some(error_response(&req, ResponseError::InvalidRequiredAcks, other))),
+    };
+    let meta = broker.meta.snapshot();
+    let now = now_ms();
+    let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
+    let mut by_owner: BTreeMap<ShardId, (Vec<Op>, Vec<Slot>)> = BTreeMap::new();
+    for (ti, t) in req.topic_data.into_iter().enumerate() {
+        let topic = if request.version >= 13 {
+            meta.topic_by_id(t.topic_id)
+        } else {
+            meta.topics.get(t.name.0.as_str())
+        };
+        let mut partitions = Vec::with_capacity(t.partition_data.len());
+        for (pi, p) in t.partition_data.into_iter().enumerate() {
+            let mut answer = PartitionProduceResponse::default()
+                .with_index(p.index)
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1);
+            let Some(topic) = topic else {
+                let missing = if request.version >= 13 {
+                    ResponseError::UnknownTopicId
+                } else {
+                    ResponseError::UnknownTopicOrPartition
+                };
+                partitions.push(answer.with_error_code(missing.code()));
+                continue;
+            };
+            let tp = TopicPartition::new(topic.name.clone(), p.index);
+            let Some(owner) = crate::metadata::MetaStore::owner(&meta, &tp) else {
+                partitions.push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
+                continue;
+            };
+            let effective = broker.meta.effective(topic);
+            let Some(records) = p.records else {
+                partitions.push(answer.with_error_code(ResponseError::CorruptMessage.code()));
+                continue;
+            };
+            if records.len() > effective.max_message_bytes() {
+                partitions.push(answer.with_error_code(ResponseError::MessageTooLarge.code()));
+                continue;
+            }
+            let batch = if effective.log_append_time() {
+                answer = answer.with_log_append_time_ms(now);
+                match stamp_log_append_time(&records, now) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let code = crate::errors::code(&shard::Error::Storage {
+                            tp: tp.to_string(),
+                            source: e.into(),
+                        });
+                        partitions.push(answer.with_error_code(code));
+                        continue;
+                    }
+                }
+            } else {
+                records
+            };
+            partitions.push(answer);
+            let entry = by_owner.entry(owner).or_default();
+            entry.0.push(Op::Append {
+                tp,
+                batch,
+                leader_epoch: 0,
+                now_ms: now,
+                durable,
+            });
+            entry.1.push(Slot { topic: ti, partition: pi });
+        }
+        let name = if request.version >= 13 { t.name } else { t.name.clone() };
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(t.topic_id)
+                .with_partition_responses(partitions),
+        );
+    }
+
+    let calls = by_owner
+        .into_iter()
+        .map(|(owner, (ops, slots))| async move { (broker.router.call(owner, ops).await, slots) });
+    for (results, slots) in futures::future::join_all(calls).await {
+        match results {
+            Ok(results) => {
+                for (result, slot) in results.into_iter().zip(slots) {
+                    let answer = &mut responses[slot.topic].partition_responses[slot.partition];
+                    match result {
+                        OpResult::Appended(Ok((info, offsets))) => {
+                            answer.base_offset = info.base_offset as i64;
+                            if request.version >= 5 {
+                                answer.log_start_offset = offsets.log_start as i64;
+                            }
+                        }
+                        OpResult::Appended(Err(e)) => {
+                            crate::errors::log_if_serious(&e);
+                            answer.error_code = crate::errors::code(&e);
+                            answer.error_message = Some(StrBytes::from_string(e.to_string()));
+                        }
+                        other => anyhow::bail!("append answered with {other:?}"),
+                    }
+                }
+            }
+            Err(e) => {
+                for slot in slots {
+                    responses[slot.topic].partition_responses[slot.partition].error_code = crate::errors::code(&e);
+                }
+            }
+        }
+    }
+    if req.acks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(ResponseKind::Produce(ProduceResponse::default().with_responses(responses))))
+}
+
+/// Rewrites a batch for LogAppendTime: the attribute bit and max timestamp, then its CRC.
+/// The batch is validated first, so a corrupt batch is refused, never re-hashed into a valid one.
+fn stamp_log_append_time(records: &Bytes, now: i64) -> Result<Bytes, iouring_storage::BatchError> {
+    iouring_storage::validate(records, usize::MAX, iouring_storage::CountCheck::Exact)?;
+    let mut b = BytesMut::from(&records[..]);
+    let attributes = i16::from_be_bytes([b[21], b[22]]) | ATTRIBUTE_LOG_APPEND_TIME;
+    b[21..23].copy_from_slice(&attributes.to_be_bytes());
+    b[35..43].copy_from_slice(&now.to_be_bytes());
+    let crc = iouring_storage::compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(b.freeze())
+}
+
+fn error_response(req: &ProduceRequest, error: ResponseError, acks: i16) -> ResponseKind {
+    tracing::debug!(target: "broker", acks, "produce with invalid acks");
+    let responses = req
+        .topic_data
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partition_data
+                .iter()
+                .map(|p| {
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(error.code())
+                        .with_base_offset(-1)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(t.name.clone())
+                .with_topic_id(t.topic_id)
+                .with_partition_responses(partitions)
+        })
+        .collect();
+    ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
+}

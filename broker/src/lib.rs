@@ -1,0 +1,12 @@
+//! The Kafka-compatible broker: configuration, cluster metadata, the Kafka protocol and one
+//! handler per API, on top of the thread-per-core `shard` runtime.
+//!
+//! Architecture invariant: only this crate knows the Kafka wire format and Kafka error codes.
+
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod handlers;
+pub mod metadata;
+pub mod server;
+pub mod topic_config;

@@ -1,0 +1,336 @@
+//! Cluster metadata: topics, their ids, configs and partition placement, persisted across
+//! restarts and shared by every shard as an immutable snapshot.
+//!
+//! Readers load the current snapshot without a lock (`ArcSwap`). Writers (admin requests,
+//! rare) serialize on a mutex, write the whole document durably (temporary file, fsync,
+//! rename, directory fsync), then publish the new snapshot. The document is small: it lists
+//! topics, not data. On disk: `<data_dir>/__cluster_metadata/cluster.json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use iouring_storage::LogConfig;
+use serde::{Deserialize, Serialize};
+use shard::{ShardId, TopicPartition};
+
+use crate::topic_config::Effective;
+
+const FORMAT_VERSION: u32 = 1;
+const META_DIR: &str = "__cluster_metadata";
+const META_FILE: &str = "cluster.json";
+
+/// One topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Topic id (KIP-516), as the 16 bytes of a UUID.
+    pub id: [u8; 16],
+    /// Owner shard of each partition, by partition index.
+    pub placement: Vec<usize>,
+    /// Configs set on this topic (not defaults).
+    pub configs: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.id)
+    }
+
+    pub fn partitions(&self) -> i32 {
+        self.placement.len() as i32
+    }
+}
+
+/// The whole metadata document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterMeta {
+    pub format_version: u32,
+    pub cluster_id: String,
+    pub topics: BTreeMap<String, TopicMeta>,
+}
+
+impl ClusterMeta {
+    pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<&TopicMeta> {
+        self.topics.values().find(|t| t.id == *id.as_bytes())
+    }
+
+    /// Partitions per shard today.
+    pub fn shard_load(&self, shards: usize) -> Vec<usize> {
+        let mut counts = vec![0; shards];
+        for t in self.topics.values() {
+            for &s in &t.placement {
+                if s < shards {
+                    counts[s] += 1;
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// Why a metadata change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata file {path} is unreadable: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+/// The metadata of this broker, shared by all shards.
+pub struct MetaStore {
+    dir: PathBuf,
+    current: ArcSwap<ClusterMeta>,
+    write_lock: Mutex<()>,
+    shards: usize,
+    broker_defaults: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for MetaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaStore")
+            .field("dir", &self.dir)
+            .field("topics", &self.current.load().topics.len())
+            .finish()
+    }
+}
+
+/// Kafka's rules for topic names.
+pub fn valid_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be `.` or `..`".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters, more than 249", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "topic name contains `{c}`; only ASCII letters, digits, `.`, `_` and `-` are legal"
+        ));
+    }
+    Ok(())
+}
+
+impl MetaStore {
+    /// Loads the metadata of `data_dir`, creating an empty cluster on first start. Partitions
+    /// placed on shards that no longer exist (fewer cores now) move to the least loaded ones.
+    pub fn open(data_dir: &Path, shards: usize, broker_defaults: Vec<(String, String)>) -> Result<Arc<MetaStore>, MetaError> {
+        let dir = data_dir.join(META_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| MetaError::Io {
+            op: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(META_FILE);
+        let _ = std::fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
+        let (mut meta, fresh) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let meta: ClusterMeta = serde_json::from_slice(&bytes).map_err(|e| MetaError::Corrupt {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+                if meta.format_version != FORMAT_VERSION {
+                    return Err(MetaError::Corrupt {
+                        path,
+                        detail: format!("format version {} is not {FORMAT_VERSION}", meta.format_version),
+                    });
+                }
+                (meta, false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+                ClusterMeta {
+                    format_version: FORMAT_VERSION,
+                    cluster_id: uuid::Uuid::new_v4().simple().to_string(),
+                    topics: BTreeMap::new(),
+                },
+                true,
+            ),
+            Err(source) => {
+                return Err(MetaError::Io {
+                    op: "reading",
+                    path,
+                    source,
+                })
+            }
+        };
+        let mut moved = 0;
+        let mut load = meta.shard_load(shards);
+        for t in meta.topics.values_mut() {
+            for s in t.placement.iter_mut() {
+                if *s >= shards {
+                    let new = shard::placement::assign(&load, 1)[0].0;
+                    load[new] += 1;
+                    *s = new;
+                    moved += 1;
+                }
+            }
+        }
+        let store = MetaStore {
+            dir,
+            current: ArcSwap::from_pointee(meta.clone()),
+            write_lock: Mutex::new(()),
+            shards,
+            broker_defaults,
+        };
+        if fresh || moved > 0 {
+            store.persist(&meta)?;
+        }
+        if moved > 0 {
+            tracing::info!(target: "broker", moved, shards, "partitions moved to existing shards");
+        }
+        Ok(Arc::new(store))
+    }
+
+    pub fn snapshot(&self) -> Arc<ClusterMeta> {
+        self.current.load_full()
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn broker_defaults(&self) -> &[(String, String)] {
+        &self.broker_defaults
+    }
+
+    /// Effective configs of a topic.
+    pub fn effective(&self, topic: &TopicMeta) -> Effective {
+        Effective::resolve(&self.broker_defaults, &topic.configs)
+    }
+
+    /// The owner shard of a partition, if it exists.
+    pub fn owner(meta: &ClusterMeta, tp: &TopicPartition) -> Option<ShardId> {
+        let t = meta.topics.get(&tp.topic)?;
+        usize::try_from(tp.partition)
+            .ok()
+            .and_then(|p| t.placement.get(p))
+            .map(|&s| ShardId(s))
+    }
+
+    /// The log configuration of a partition, or `None` if it does not exist (the shard's
+    /// provider).
+    pub fn log_config(&self, tp: &TopicPartition) -> Option<LogConfig> {
+        let meta = self.current.load();
+        let t = meta.topics.get(&tp.topic)?;
+        if tp.partition < 0 || tp.partition >= t.partitions() {
+            return None;
+        }
+        Some(self.effective(t).log_config())
+    }
+
+    /// Applies `change` to a copy of the metadata; if it returns Ok, persists and publishes
+    /// the copy. Blocking (fsync): call from a blocking thread, not a shard's reactor.
+    pub fn update<R, E>(&self, change: impl FnOnce(&mut ClusterMeta, usize) -> Result<R, E>) -> Result<Result<R, E>, MetaError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut next = (*self.current.load_full()).clone();
+        let r = match change(&mut next, self.shards) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.persist(&next)?;
+        self.current.store(Arc::new(next));
+        Ok(Ok(r))
+    }
+
+    fn persist(&self, meta: &ClusterMeta) -> Result<(), MetaError> {
+        let path = self.dir.join(META_FILE);
+        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+        let io = |op: &'static str, p: &Path| {
+            let p = p.to_owned();
+            move |source| MetaError::Io { op, path: p, source }
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(&bytes).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing", &self.dir))?;
+        Ok(())
+    }
+}
+
+/// Adds a topic to `meta`, placing its partitions on the least loaded shards.
+pub fn add_topic(meta: &mut ClusterMeta, shards: usize, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> TopicMeta {
+    let load = meta.shard_load(shards);
+    let placement = shard::placement::assign(&load, partitions as usize)
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    let topic = TopicMeta {
+        name: name.to_owned(),
+        id: *uuid::Uuid::new_v4().as_bytes(),
+        placement,
+        configs,
+    };
+    meta.topics.insert(name.to_owned(), topic.clone());
+    topic
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_survive_reopen_and_move_off_vanished_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path(), 4, vec![]).unwrap();
+        store
+            .update(|m, n| Ok::<_, ()>(add_topic(m, n, "t", 8, BTreeMap::new())))
+            .unwrap()
+            .unwrap();
+        let before = store.snapshot();
+        assert_eq!(before.shard_load(4), vec![2, 2, 2, 2]);
+        drop(store);
+        let again = MetaStore::open(dir.path(), 4, vec![]).unwrap();
+        assert_eq!(*again.snapshot(), *before);
+        drop(again);
+        let fewer = MetaStore::open(dir.path(), 2, vec![]).unwrap();
+        let t = &fewer.snapshot().topics["t"];
+        assert!(t.placement.iter().all(|&s| s < 2));
+        assert_eq!(fewer.snapshot().shard_load(2), vec![4, 4]);
+    }
+
+    #[test]
+    fn a_failed_change_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MetaStore::open(dir.path(), 1, vec![]).unwrap();
+        let r = store.update(|m, n| {
+            add_topic(m, n, "x", 1, BTreeMap::new());
+            Err::<(), _>("no")
+        });
+        assert!(matches!(r, Ok(Err("no"))));
+        assert!(store.snapshot().topics.is_empty());
+    }
+
+    #[test]
+    fn corrupt_metadata_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(META_DIR)).unwrap();
+        std::fs::write(dir.path().join(META_DIR).join(META_FILE), b"{ not json").unwrap();
+        assert!(matches!(MetaStore::open(dir.path(), 1, vec![]), Err(MetaError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(valid_topic_name("orders.v1_x-2").is_ok());
+        for bad in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
+            assert!(valid_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! One shard's part of the broker: its listener (SO_REUSEPORT, so the kernel spreads
+//! connections over shards), its connections, and its housekeeping.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use shard::{Partitions, Router, ShardContext, ShardId, TopicPartition};
+
+use crate::config::Config;
+use crate::metadata::MetaStore;
+
+/// What every handler on a shard can reach.
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub meta: Arc<MetaStore>,
+    pub router: Router,
+    pub shard: ShardId,
+    pub partitions: Rc<Partitions>,
+    connections: Cell<usize>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("shard", &self.shard).finish()
+    }
+}
+
+/// How often a shard looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+}
+
+/// Runs one shard of the broker until `stop` is set; reports start-up (recovery and bind)
+/// through `started`.
+pub async fn run_shard(
+    ctx: ShardContext,
+    config: Arc<Config>,
+    meta: Arc<MetaStore>,
+    stop: Arc<AtomicBool>,
+    started: mpsc::Sender<Result<usize, String>>,
+) {
+    let me = ctx.id;
+    // Recover every partition this shard owns before serving.
+    let snapshot = meta.snapshot();
+    let mut recovered = 0;
+    for t in snapshot.topics.values() {
+        for (p, &s) in t.placement.iter().enumerate() {
+            if s == me.0 {
+                let tp = TopicPartition::new(t.name.clone(), p as i32);
+                if let Err(e) = ctx.partitions.get(&tp).await {
+                    let _ = started.send(Err(format!("shard {}: recovering {tp}: {e}", me.0)));
+                    return;
+                }
+                recovered += 1;
+            }
+        }
+    }
+    let listener = match glommio::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = started.send(Err(format!("shard {}: binding {}: {e}", me.0, config.listen)));
+            return;
+        }
+    };
+    let _ = started.send(Ok(recovered));
+    let broker = Rc::new(Broker {
+        config: config.clone(),
+        meta,
+        router: ctx.router.clone(),
+        shard: me,
+        partitions: ctx.partitions.clone(),
+        connections: Cell::new(0),
+    });
+
+    let housekeeping = {
+        let (partitions, stop, interval) = (
+            ctx.partitions.clone(),
+            stop.clone(),
+            Duration::from_millis(config.retention_check_interval_ms),
+        );
+        glommio::spawn_local(async move {
+            loop {
+                let tick = glommio::timer::sleep(interval);
+                futures::pin_mut!(tick);
+                let halt = stopped(&stop);
+                futures::pin_mut!(halt);
+                if let Either::Right(_) = select(tick, halt).await {
+                    return;
+                }
+                partitions.enforce_retention(crate::handlers::now_ms()).await;
+            }
+        })
+    };
+
+    let per_shard_max = config.connections_max.div_ceil(ctx.shard_count).max(1);
+    loop {
+        let accept = listener.accept();
+        futures::pin_mut!(accept);
+        let halt = stopped(&stop);
+        futures::pin_mut!(halt);
+        match select(accept, halt).await {
+            Either::Right(_) => break,
+            Either::Left((Err(e), _)) => {
+                tracing::warn!(target: "broker", shard = me.0, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Either::Left((Ok(stream), _)) => {
+                if broker.connections.get() >= per_shard_max {
+                    tracing::warn!(target: "broker", shard = me.0, max = per_shard_max, "too many connections; refusing one");
+                    drop(stream);
+                    continue;
+                }
+                broker.connections.set(broker.connections.get() + 1);
+                let b = broker.clone();
+                glommio::spawn_local(async move {
+                    crate::connection::serve(b.clone(), stream).await;
+                    b.connections.set(b.connections.get() - 1);
+                })
+                .detach();
+            }
+        }
+    }
+    let _ = housekeeping.await;
+    // Clean stop: everything appended becomes durable before the process exits.
+    ctx.partitions.close_all().await;
+    tracing::info!(target: "broker", shard = me.0, "shard stopped");
+}

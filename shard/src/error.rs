@@ -1,0 +1,18 @@
+//! Errors of the shard runtime and of partition operations.
+
+/// Result of a shard operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting shard {shard}: {detail}")]
+    Startup { shard: usize, detail: String },
+    #[error("unknown partition {0}")]
+    UnknownPartition(String),
+    #[error("partition {tp}: {source}")]
+    Storage { tp: String, source: iouring_storage::Error },
+    #[error("shard {0} is gone")]
+    ShardGone(usize),
+    #[error("shard {shard} owns {max} partitions already")]
+    TooManyPartitions { shard: usize, max: usize },
+}

@@ -1,0 +1,23 @@
+//! The thread-per-core runtime: one pinned glommio executor per core, partition placement, the
+//! cross-core mesh, and each core's partitions.
+//!
+//! Architecture invariant: shards share nothing. A partition's log is touched only by its owner
+//! shard; other shards reach it by message passing over the mesh. No lock on the data path.
+//!
+//! Architecture invariant: this crate does not know the Kafka wire protocol; it moves record
+//! batches and offsets. The broker maps them to Kafka requests and error codes.
+
+pub mod constants;
+mod error;
+mod mesh;
+pub mod ops;
+mod partitions;
+pub mod placement;
+mod runtime;
+mod topic_partition;
+
+pub use error::{Error, Result};
+pub use ops::{Op, OpResult, ReadData};
+pub use partitions::{LogConfigProvider, Partitions};
+pub use runtime::{start, Router, RuntimeConfig, ShardContext, ShardSet};
+pub use topic_partition::{ShardId, TopicPartition};

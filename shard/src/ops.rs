@@ -1,0 +1,70 @@
+//! Operations one shard asks of a partition's owner, and their results. They cross threads,
+//! so they own their data (`Bytes`), never a borrowed or thread-bound buffer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use iouring_storage::{AppendInfo, LogOffsets, TimestampHit};
+
+use crate::{Result, TopicPartition};
+
+/// One operation on one partition (or, for `WaitData`, several of the owner's partitions).
+#[derive(Debug)]
+pub enum Op {
+    /// Append one record batch. With `durable`, answer after the group commit that covers it;
+    /// without, answer once appended and commit in the background.
+    Append {
+        tp: TopicPartition,
+        batch: Bytes,
+        leader_epoch: i32,
+        now_ms: i64,
+        durable: bool,
+    },
+    /// Whole durable batches from `offset`, up to `max_bytes` (the first batch whole).
+    Read {
+        tp: TopicPartition,
+        offset: u64,
+        max_bytes: usize,
+    },
+    Offsets {
+        tp: TopicPartition,
+    },
+    /// The first batch whose max timestamp is at or after `timestamp`.
+    FindTimestamp {
+        tp: TopicPartition,
+        timestamp: i64,
+    },
+    /// The batch with the largest max timestamp.
+    MaxTimestamp {
+        tp: TopicPartition,
+    },
+    /// Completes when any watched partition has durable data at or after its offset, or after
+    /// `timeout`.
+    WaitData {
+        watches: Vec<(TopicPartition, u64)>,
+        timeout: Duration,
+    },
+    /// Closes the partition's log and deletes its directory.
+    Drop {
+        tp: TopicPartition,
+    },
+}
+
+/// Bytes read from a partition.
+#[derive(Debug, Clone)]
+pub struct ReadData {
+    pub bytes: Bytes,
+    pub first_offset: u64,
+    pub next_offset: u64,
+}
+
+/// The result of one `Op`, in the same position as the op.
+#[derive(Debug)]
+pub enum OpResult {
+    Appended(Result<(AppendInfo, LogOffsets)>),
+    Read(Result<(Option<ReadData>, LogOffsets)>),
+    Offsets(Result<LogOffsets>),
+    Timestamp(Result<Option<TimestampHit>>),
+    Waited,
+    Dropped(Result<()>),
+}
