@@ -1,0 +1,144 @@
+//! Test support shared by the broker's integration tests: runs the real broker binary on a
+//! free port with a fresh data directory, and stops it gracefully or with SIGKILL.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker process started by a test. Killed (SIGKILL) on drop if still running.
+pub struct BrokerProcess {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    log_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap().port()
+}
+
+impl BrokerProcess {
+    /// Starts a broker on a fresh data directory with `args` added to its command line.
+    pub fn start(args: &[&str]) -> BrokerProcess {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let mut b = BrokerProcess {
+            port: free_port(),
+            data_dir,
+            child: None,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            log_path: tmp.path().join("broker.log"),
+            _tmp: Some(tmp),
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .arg("--listen")
+            .arg(self.bootstrap())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("RUST_LOG", std::env::var("BROKER_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start broker binary");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until the broker accepts connections and has logged that it is ready.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("broker exited during start-up with {status}:\n{}", self.log());
+            }
+            if self.log().contains("broker ready") && TcpStream::connect(self.bootstrap()).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "broker not ready after 60 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The broker's log output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// SIGTERM and wait: the broker must exit 0.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "broker exited with {status} after SIGTERM:\n{}", self.log());
+                    return;
+                }
+                assert!(Instant::now() < deadline, "broker did not stop within 30 s of SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker before restarting it");
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Lines of the log that are warnings or errors.
+    pub fn problems(&self) -> Vec<String> {
+        BufReader::new(self.log().as_bytes())
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .collect()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
