@@ -15,7 +15,7 @@ use glommio::sync::Semaphore;
 
 use crate::batch::{self, BatchHeader, CountCheck};
 use crate::config::LogConfig;
-use crate::constants::{BATCH_HEADER_BYTES, READ_BYTES_MAX};
+use crate::constants::{BATCH_HEADER_BYTES, COMMITS_IN_FLIGHT_MAX, READ_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::notify::Notify;
@@ -124,7 +124,10 @@ struct State {
     durable_end: u64,
     poisoned: Option<String>,
     closed: bool,
-    commit_running: bool,
+    /// Group commits in progress, at most `COMMITS_IN_FLIGHT_MAX`.
+    commits_running: usize,
+    /// The log end the newest running commit covers: waiters below it join that commit.
+    commit_covers: u64,
     /// Bumped by truncation, so a commit that started before it does not publish stale offsets.
     truncations: u64,
     fdatasyncs: u64,
@@ -452,7 +455,8 @@ impl PartitionLog {
                         log_end: st.log_end,
                     });
                 }
-                if st.commit_running {
+                // Join a running commit that covers us, or wait for a free slot.
+                if st.commit_covers >= offset || st.commits_running >= COMMITS_IN_FLIGHT_MAX {
                     Some(self.inner.durable_changed.listen())
                 } else {
                     None
@@ -461,9 +465,9 @@ impl PartitionLog {
             match listen {
                 Some(l) => l.await,
                 None => {
-                    self.state_mut().commit_running = true;
+                    self.state_mut().commits_running += 1;
                     let r = self.commit_once().await;
-                    self.state_mut().commit_running = false;
+                    self.state_mut().commits_running -= 1;
                     self.inner.durable_changed.notify_all();
                     r?;
                 }
@@ -487,14 +491,18 @@ impl PartitionLog {
     }
 
     /// One group commit: under the append lock only long enough to submit the dirty tail, then
-    /// the writes and the fdatasync run while appends continue.
+    /// the writes and the fdatasync run while appends continue. A second commit may start
+    /// while this one's fdatasync runs, so appenders that just missed this one do not wait for
+    /// it to finish first; each commit waits for every write submitted before it, so the
+    /// durable end only ever covers data an fdatasync made durable.
     async fn commit_once(&self) -> Result<u64> {
         let captured = {
             let _permit = self.lock().await?;
             if self.state().writer.is_dirty() {
                 self.flush_locked().await?;
             }
-            let st = self.state();
+            let mut st = self.state_mut();
+            st.commit_covers = st.commit_covers.max(st.log_end);
             (
                 st.writer.pending(),
                 st.writer.file.clone(),
@@ -868,6 +876,7 @@ impl PartitionLog {
         st.truncations += 1;
         st.log_end = new_end;
         st.durable_end = new_end;
+        st.commit_covers = new_end;
         st.writer = Writer::new(file.clone(), self.inner.config.write_buffer_bytes, cut_pos, &tail, cut_pos);
         let seg = st.segments.get_mut(&base).expect("segment kept");
         seg.data_bytes = cut_pos;
@@ -934,7 +943,8 @@ impl Recovered {
             durable_end: log_end,
             poisoned: None,
             closed: false,
-            commit_running: false,
+            commits_running: 0,
+            commit_covers: log_end,
             truncations: 0,
             fdatasyncs: 0,
         }
