@@ -26,8 +26,9 @@ pub struct LogConfig {
     pub write_buffer_bytes: usize,
     /// Writes in flight before an append waits.
     pub writes_in_flight_max: usize,
-    /// Segment files grow by this much at a time (fallocate), to keep O_DIRECT writes off ext4's
-    /// file-growing path.
+    /// Largest step by which a segment file grows (fallocate), to keep O_DIRECT writes off
+    /// ext4's file-growing path. Steps start at one write buffer and double with the segment,
+    /// so thousands of idle partitions do not each reserve a full step.
     pub preallocate_step_bytes: u64,
     /// Base offset of the first segment when the directory is empty.
     pub initial_offset: u64,

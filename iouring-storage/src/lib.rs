@@ -15,6 +15,7 @@ pub mod constants;
 mod error;
 mod index;
 mod log;
+mod log_start;
 mod notify;
 mod recovery;
 mod segment;

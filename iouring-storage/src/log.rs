@@ -131,6 +131,9 @@ struct State {
     /// Bumped by truncation, so a commit that started before it does not publish stale offsets.
     truncations: u64,
     fdatasyncs: u64,
+    /// The persisted log start (`log_start.rs`); the log starts at the larger of this and the
+    /// first segment's base (retention may have deleted past it).
+    log_start_offset: u64,
 }
 
 impl State {
@@ -143,14 +146,18 @@ impl State {
     }
 
     fn log_start(&self) -> u64 {
-        *self.segments.keys().next().expect("a log always has an active segment")
+        let first = *self.segments.keys().next().expect("a log always has an active segment");
+        first.max(self.log_start_offset)
     }
 }
 
 type SealListener = Box<dyn FnMut(&SegmentInfo)>;
 
 struct Inner {
-    config: LogConfig,
+    /// Fixed for the life of the open log; `config.dir` always equals it.
+    dir: PathBuf,
+    /// Replaced whole by `set_config`; never borrowed across an `.await`.
+    config: RefCell<LogConfig>,
     state: RefCell<State>,
     append_lock: Semaphore,
     durable_changed: Notify,
@@ -166,7 +173,7 @@ pub struct PartitionLog {
 impl std::fmt::Debug for PartitionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionLog")
-            .field("dir", &self.inner.config.dir)
+            .field("dir", &self.inner.dir)
             .field("offsets", &self.offsets())
             .finish()
     }
@@ -181,7 +188,8 @@ impl PartitionLog {
         let state = crate::recovery::recover(&config).await?;
         Ok(PartitionLog {
             inner: Rc::new(Inner {
-                config,
+                dir: config.dir.clone(),
+                config: RefCell::new(config),
                 state: RefCell::new(state.into_state()),
                 append_lock: Semaphore::new(1),
                 durable_changed: Notify::default(),
@@ -190,8 +198,13 @@ impl PartitionLog {
         })
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
+    /// The configuration in force now (a copy: `set_config` may replace it).
+    pub fn config(&self) -> LogConfig {
+        self.cfg().clone()
+    }
+
+    fn cfg(&self) -> Ref<'_, LogConfig> {
+        self.inner.config.borrow()
     }
 
     pub fn offsets(&self) -> LogOffsets {
@@ -222,7 +235,7 @@ impl PartitionLog {
     pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
         let st = self.state();
         let n = st.segments.len();
-        st.segments.values().take(n - 1).map(|s| s.info(&self.inner.config.dir)).collect()
+        st.segments.values().take(n - 1).map(|s| s.info(&self.inner.dir)).collect()
     }
 
     /// Calls `listener` for every segment sealed from now on, after its files are durable.
@@ -235,6 +248,33 @@ impl PartitionLog {
         self.state().poisoned.clone()
     }
 
+    /// Reconfigures the open log. Takes effect from the next check of each setting: segment
+    /// size and age at the next append, `batch_bytes_max` at the next append, retention at the
+    /// next `enforce_retention`, `index_interval_bytes` from the next segment.
+    ///
+    /// What the open log's write path was sized with stays: `dir`, `write_buffer_bytes`,
+    /// `writes_in_flight_max`, `preallocate_step_bytes` (the active segment's writer and
+    /// preallocation use them) and `initial_offset` (meaningful only for an empty directory).
+    /// They take the new values when the log is next opened. The merged config is validated
+    /// whole; on error nothing changes.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        let merged = {
+            let current = self.cfg();
+            LogConfig {
+                dir: current.dir.clone(),
+                write_buffer_bytes: current.write_buffer_bytes,
+                writes_in_flight_max: current.writes_in_flight_max,
+                preallocate_step_bytes: current.preallocate_step_bytes,
+                initial_offset: current.initial_offset,
+                ..config
+            }
+        };
+        merged.validate()?;
+        tracing::debug!(target: "iouring_storage", dir = %self.dir().display(), config = ?merged, "log reconfigured");
+        *self.inner.config.borrow_mut() = merged;
+        Ok(())
+    }
+
     fn state(&self) -> Ref<'_, State> {
         self.inner.state.borrow()
     }
@@ -244,7 +284,7 @@ impl PartitionLog {
     }
 
     fn dir(&self) -> &Path {
-        &self.inner.config.dir
+        &self.inner.dir
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -286,7 +326,7 @@ impl PartitionLog {
     /// the base offset and `partition_leader_epoch`. The batch is not durable yet: call
     /// [`PartitionLog::commit`] or [`PartitionLog::wait_durable`]. `now_ms` drives `segment_ms`.
     pub async fn append(&self, batch_bytes: &[u8], partition_leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
-        let header = batch::validate(batch_bytes, self.inner.config.batch_bytes_max, CountCheck::Exact)?;
+        let header = batch::validate(batch_bytes, self.cfg().batch_bytes_max, CountCheck::Exact)?;
         let _permit = self.lock().await?;
         self.check_writable()?;
         if self.roll_due(header.total_bytes as u64, now_ms) {
@@ -323,8 +363,8 @@ impl PartitionLog {
         if seg.data_bytes == 0 {
             return false;
         }
-        let full = seg.data_bytes + batch_bytes > self.inner.config.segment_bytes;
-        let old = match (self.inner.config.segment_ms, seg.first_append_ms) {
+        let full = seg.data_bytes + batch_bytes > self.cfg().segment_bytes;
+        let old = match (self.cfg().segment_ms, seg.first_append_ms) {
             (Some(limit), Some(first)) => now_ms.saturating_sub(first) >= limit,
             _ => false,
         };
@@ -355,7 +395,7 @@ impl PartitionLog {
                     drop(st);
                     return Err(self.poison(e));
                 }
-                st.writer.must_wait_for(self.inner.config.writes_in_flight_max)
+                st.writer.must_wait_for(self.cfg().writes_in_flight_max)
             };
             match wait {
                 Some(op) => op.wait().await.map_err(|e| self.poison(e))?,
@@ -367,8 +407,12 @@ impl PartitionLog {
             (st.writer.file.clone(), st.writer.next_write_end(), st.writer.allocated)
         };
         if end > allocated {
-            let step = self.inner.config.preallocate_step_bytes;
-            let target = end.max(allocated + step);
+            // Grow by what the segment already holds (doubling), from one write buffer up to
+            // the configured step: a busy segment soon preallocates in large steps, while an
+            // idle partition (there may be thousands) reserves at most one buffer's worth.
+            let step = self.cfg().preallocate_step_bytes;
+            let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
+            let target = end.max(allocated + grow);
             file.pre_allocate(target, false)
                 .await
                 .map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
@@ -545,17 +589,13 @@ impl PartitionLog {
         let new_file = segment::open_data_file(&segment::log_path(&dir, new_base), true)
             .await
             .map_err(|e| self.poison(e.to_string()))?;
-        let step = self.inner.config.preallocate_step_bytes;
-        new_file
-            .pre_allocate(step, false)
-            .await
-            .map_err(|e| self.poison(format!("preallocating segment {new_base}: {e}")))?;
+        // No preallocation yet: the first write grows the file (see `flush_locked`).
         segment::sync_dir(&dir).await.map_err(|e| self.poison(e.to_string()))?;
 
         let info = {
             let mut st = self.state_mut();
             let sealed = st.active().info(&dir);
-            st.writer = Writer::new(new_file.clone(), self.inner.config.write_buffer_bytes, 0, &[], step);
+            st.writer = Writer::new(new_file.clone(), self.cfg().write_buffer_bytes, 0, &[], 0);
             st.segments.insert(
                 new_base,
                 Segment {
@@ -564,7 +604,7 @@ impl PartitionLog {
                     data_bytes: 0,
                     durable_bytes: 0,
                     next_offset: new_base,
-                    index: SegmentIndex::new(self.inner.config.index_interval_bytes),
+                    index: SegmentIndex::new(self.cfg().index_interval_bytes),
                     first_append_ms: None,
                 },
             );
@@ -695,11 +735,12 @@ impl PartitionLog {
 
     /// The first durable batch whose max timestamp is at or after `timestamp`, if any.
     pub async fn find_by_timestamp(&self, timestamp: i64) -> Result<Option<TimestampHit>> {
+        let log_start = self.state().log_start();
         let candidates: Vec<(Rc<DmaFile>, u64, u64, u64, PathBuf)> = {
             let st = self.state();
             st.segments
                 .values()
-                .filter(|s| s.index.max_timestamp() >= timestamp && s.durable_bytes > 0)
+                .filter(|s| s.index.max_timestamp() >= timestamp && s.durable_bytes > 0 && s.next_offset > log_start)
                 .map(|s| {
                     let (_, pos) = s.index.lookup_time(timestamp);
                     (
@@ -715,7 +756,8 @@ impl PartitionLog {
         for (file, _base, pos, end, path) in candidates {
             let mut hit = None;
             segment::scan(&file, &path, pos, 0, end, false, |h, _| {
-                if h.max_timestamp >= timestamp {
+                // Batches wholly below the log start were deleted by `delete_records_before`.
+                if h.max_timestamp >= timestamp && h.last_offset() as u64 >= log_start {
                     hit = Some(TimestampHit {
                         batch_base_offset: h.base_offset as u64,
                         batch_last_offset: h.last_offset() as u64,
@@ -736,19 +778,68 @@ impl PartitionLog {
 
     /// The largest max timestamp in the log and the batch holding it (Kafka's MAX_TIMESTAMP).
     pub async fn max_timestamp(&self) -> Result<Option<TimestampHit>> {
-        let best = self.state().segments.values().map(|s| s.index.max_timestamp()).max();
+        let best = {
+            let st = self.state();
+            let log_start = st.log_start();
+            st.segments
+                .values()
+                .filter(|s| s.next_offset > log_start)
+                .map(|s| s.index.max_timestamp())
+                .max()
+        };
         match best {
             Some(ts) if ts > i64::MIN => self.find_by_timestamp(ts).await,
             _ => Ok(None),
         }
     }
 
+    /// Raises the log start to `offset` (Kafka's DeleteRecords): reads below it fail with
+    /// `OffsetOutOfRange`, `offsets().log_start` reports it, and whole segments below it are
+    /// deleted. The new start is durable before any segment goes (see `log_start.rs`). An offset
+    /// at or below the current start changes nothing; one beyond the durable end (the high
+    /// watermark) is refused. Returns the log start afterwards.
+    pub async fn delete_records_before(&self, offset: u64) -> Result<u64> {
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        let (log_start, durable_end, log_end) = {
+            let st = self.state();
+            (st.log_start(), st.durable_end, st.log_end)
+        };
+        if offset > durable_end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        crate::log_start::store(self.dir(), offset)
+            .await
+            .map_err(|e| self.poison(format!("persisting log start offset {offset}: {e}")))?;
+        let doomed: Vec<u64> = {
+            let mut st = self.state_mut();
+            st.log_start_offset = offset;
+            let sealed = st.segments.len() - 1;
+            st.segments
+                .values()
+                .take(sealed)
+                .take_while(|s| s.next_offset <= offset)
+                .map(|s| s.base_offset)
+                .collect()
+        };
+        self.delete_segments(&doomed).await?;
+        tracing::info!(target: "iouring_storage", dir = %self.dir().display(), log_start = offset, segments_deleted = doomed.len(), "records deleted");
+        Ok(offset)
+    }
+
     /// Deletes sealed segments beyond `retention_bytes` (oldest first, never below the limit)
     /// and those whose newest batch is older than `retention_ms`. Returns the deleted bases.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<Vec<u64>> {
         let _permit = self.lock().await?;
-        let cfg = &self.inner.config;
         let doomed: Vec<u64> = {
+            let cfg = self.cfg();
             let st = self.state();
             let mut total: u64 = st.segments.values().map(|s| s.data_bytes).sum();
             let sealed = st.segments.len() - 1;
@@ -813,22 +904,24 @@ impl PartitionLog {
         // Finish every write first, so none lands after the cut.
         self.sync_locked().await?;
         let dir = self.dir().to_owned();
-        let (log_start, later): (u64, Vec<u64>) = {
+        // The first segment's base, not the log start: a cut below a start raised by
+        // `delete_records_before` cuts there, and the start comes down with the end.
+        let (first_base, later): (u64, Vec<u64>) = {
             let st = self.state();
-            (
-                st.log_start(),
-                st.segments
-                    .range(offset.max(st.log_start()) + 1..)
-                    .map(|(&b, _)| b)
-                    .filter(|&b| b >= offset)
-                    .collect(),
-            )
+            let first_base = *st.segments.keys().next().expect("a log always has an active segment");
+            let later = st
+                .segments
+                .range(offset.max(first_base) + 1..)
+                .map(|(&b, _)| b)
+                .filter(|&b| b >= offset)
+                .collect();
+            (first_base, later)
         };
         // Newest first, so a crash part-way leaves a contiguous log.
         for b in later.iter().rev() {
             self.delete_segments(&[*b]).await?;
         }
-        let target = offset.max(log_start);
+        let target = offset.max(first_base);
         let (file, base, end) = {
             let st = self.state();
             let (&base, seg) = st.segments.range(..=target).next_back().expect("target is at or above log start");
@@ -836,7 +929,7 @@ impl PartitionLog {
         };
         let path = segment::log_path(&dir, base);
         // One scan finds the first batch reaching `target` and rebuilds the index of the rest.
-        let mut index = SegmentIndex::new(self.inner.config.index_interval_bytes);
+        let mut index = SegmentIndex::new(self.cfg().index_interval_bytes);
         let mut cut: Option<(u64, u64)> = None;
         let scan = segment::scan(&file, &path, 0, base, end, false, |h, p| {
             if h.last_offset() as u64 >= target {
@@ -863,6 +956,14 @@ impl PartitionLog {
             let _ = std::fs::remove_file(p);
         }
         segment::sync_dir(&dir).await?;
+        // A cut below the persisted log start moves the start down with it, or the log would
+        // start after its end.
+        let lower_start = self.state().log_start_offset > new_end;
+        if lower_start {
+            crate::log_start::store(&dir, new_end)
+                .await
+                .map_err(|e| self.poison(format!("persisting log start offset {new_end}: {e}")))?;
+        }
         let tail = if cut_pos % file.alignment() == 0 {
             Vec::new()
         } else {
@@ -874,10 +975,13 @@ impl PartitionLog {
         };
         let mut st = self.state_mut();
         st.truncations += 1;
+        if lower_start {
+            st.log_start_offset = new_end;
+        }
         st.log_end = new_end;
         st.durable_end = new_end;
         st.commit_covers = new_end;
-        st.writer = Writer::new(file.clone(), self.inner.config.write_buffer_bytes, cut_pos, &tail, cut_pos);
+        st.writer = Writer::new(file.clone(), self.cfg().write_buffer_bytes, cut_pos, &tail, cut_pos);
         let seg = st.segments.get_mut(&base).expect("segment kept");
         seg.data_bytes = cut_pos;
         seg.durable_bytes = cut_pos;
@@ -913,6 +1017,8 @@ pub(crate) struct RecoveredSegment {
 pub(crate) struct Recovered {
     pub segments: Vec<RecoveredSegment>,
     pub writer: Writer,
+    /// The persisted log start, at most the log end.
+    pub log_start_offset: u64,
 }
 
 impl Recovered {
@@ -947,6 +1053,7 @@ impl Recovered {
             commit_covers: log_end,
             truncations: 0,
             fdatasyncs: 0,
+            log_start_offset: self.log_start_offset,
         }
     }
 }

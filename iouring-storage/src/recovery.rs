@@ -7,6 +7,8 @@
 //! at the first invalid batch (torn tail, zero padding, garbage). A sealed segment whose index
 //! is missing or damaged is rescanned the same way; if that scan finds corruption, the log ends
 //! there and every later segment is deleted, so nothing after the first invalid batch is served.
+//! The persisted log start offset (`log_start.rs`) is read last; segments a crash left wholly
+//! below it are deleted.
 
 use std::path::Path;
 
@@ -130,6 +132,7 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
             index: SegmentIndex::new(config.index_interval_bytes),
         });
     }
+    let log_start_offset = recover_log_start(dir, &mut segments).await?;
     // The last segment is the active one: it may not keep stale index files, which would
     // describe a smaller segment after more appends.
     let active = segments.last().expect("at least one segment");
@@ -162,7 +165,56 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
     let allocated = active.file.file_size().await.map_err(|e| Error::io("sizing segment", &path, e))?;
     let writer = Writer::new(active.file.clone(), config.write_buffer_bytes, data_end, &tail, allocated);
     tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = segments.len(), log_end = active.next_offset, "partition log opened");
-    Ok(Recovered { segments, writer })
+    Ok(Recovered {
+        segments,
+        writer,
+        log_start_offset,
+    })
+}
+
+/// Reads the persisted log start (see `log_start.rs`) and finishes what a crash interrupted:
+/// sealed segments wholly below it are deleted. A damaged file is reported and removed (the
+/// start falls back to the first segment's base); a start beyond the log end (the data above it
+/// was lost to corruption) is lowered to the log end and rewritten.
+async fn recover_log_start(dir: &Path, segments: &mut Vec<RecoveredSegment>) -> Result<u64> {
+    let path = crate::log_start::path(dir);
+    let start = match crate::log_start::load(dir).await? {
+        None => return Ok(0),
+        Some(Ok(start)) => start,
+        Some(Err(why)) => {
+            tracing::warn!(target: "iouring_storage", path = %path.display(), %why, "log start offset file is damaged; the log starts at its first segment");
+            std::fs::remove_file(&path).map_err(|e| Error::io("removing damaged log start file", &path, e))?;
+            return Ok(0);
+        }
+    };
+    let below = segments
+        .iter()
+        .take(segments.len() - 1)
+        .take_while(|s| s.next_offset <= start)
+        .count();
+    for s in segments.drain(..below) {
+        for p in [
+            segment::log_path(dir, s.base_offset),
+            segment::index_path(dir, s.base_offset),
+            segment::time_index_path(dir, s.base_offset),
+        ] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("deleting segment below the log start", p, e)),
+            }
+        }
+    }
+    if below > 0 {
+        tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = below, log_start = start, "deleted segments below the log start");
+    }
+    let log_end = segments.last().expect("the active segment is kept").next_offset;
+    if start > log_end {
+        tracing::warn!(target: "iouring_storage", dir = %dir.display(), log_start = start, log_end, "log start offset beyond the recovered log end; lowered to it");
+        crate::log_start::store(dir, log_end).await?;
+        return Ok(log_end);
+    }
+    Ok(start)
 }
 
 /// Base offsets of the segments in `dir`, ascending.

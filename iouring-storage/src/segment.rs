@@ -198,24 +198,27 @@ pub(crate) async fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<()> 
         .truncate(true)
         .dma_open(&tmp)
         .await
-        .map_err(|e| Error::io("creating index file", &tmp, e))?;
+        .map_err(|e| Error::io("creating durable file", &tmp, e))?;
     let len = file.align_up(bytes.len() as u64) as usize;
     let mut buf = file.alloc_dma_buffer(len.max(file.alignment() as usize));
     let out = buf.as_bytes_mut();
     out[..bytes.len()].copy_from_slice(bytes);
     out[bytes.len()..].fill(0);
     let want = buf.len();
-    let written = file.write_at(buf, 0).await.map_err(|e| Error::io("writing index file", &tmp, e))?;
+    let written = file
+        .write_at(buf, 0)
+        .await
+        .map_err(|e| Error::io("writing durable file", &tmp, e))?;
     if written != want {
         return Err(Error::io(
-            "writing index file",
+            "writing durable file",
             &tmp,
             std::io::Error::other(format!("short write: {written} of {want}")),
         ));
     }
-    file.fdatasync().await.map_err(|e| Error::io("syncing index file", &tmp, e))?;
-    file.close().await.map_err(|e| Error::io("closing index file", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming index file", path, e))?;
+    file.fdatasync().await.map_err(|e| Error::io("syncing durable file", &tmp, e))?;
+    file.close().await.map_err(|e| Error::io("closing durable file", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming durable file", path, e))?;
     Ok(())
 }
 
@@ -228,16 +231,16 @@ pub(crate) async fn read_small_file(path: &Path) -> Result<Option<Vec<u8>>> {
             if e.kind() == std::io::ErrorKind::NotFound {
                 return Ok(None);
             }
-            return Err(Error::io("opening index file", path, e));
+            return Err(Error::io("opening small file", path, e));
         }
     };
-    let size = file.file_size().await.map_err(|e| Error::io("sizing index file", path, e))?;
+    let size = file.file_size().await.map_err(|e| Error::io("sizing small file", path, e))?;
     let bytes = if size == 0 {
         Vec::new()
     } else {
         file.read_at(0, size as usize)
             .await
-            .map_err(|e| Error::io("reading index file", path, e))?
+            .map_err(|e| Error::io("reading small file", path, e))?
             .to_vec()
     };
     let _ = file.close().await;

@@ -657,3 +657,290 @@ fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
     });
     drop(fs);
 }
+
+/// The base offset of the first batch whose offsets reach past `offset`, and that batch's index.
+fn batch_holding(written: &[(u64, Vec<u8>)], offset: u64) -> usize {
+    written
+        .iter()
+        .position(|(b, bytes)| b + BatchHeader::parse(bytes).unwrap().last_offset_delta as u64 >= offset)
+        .unwrap()
+}
+
+#[test]
+fn delete_records_moves_the_log_start_and_deletes_whole_segments_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 300).await;
+        let sealed = log.sealed_segments();
+        assert!(sealed.len() > 4);
+        // An offset inside a batch in the middle of the fourth segment.
+        let target = sealed[3].base_offset + (sealed[3].next_offset - sealed[3].base_offset) / 2 + 1;
+        assert_eq!(log.delete_records_before(target).await.unwrap(), target);
+        assert_eq!(log.offsets().log_start, target);
+        for s in &sealed[..3] {
+            assert!(!s.log_path.exists() && !s.index_path.exists() && !s.time_index_path.exists());
+        }
+        assert!(sealed[3].log_path.exists(), "the segment holding the new start stays");
+        assert!(path.join("log-start.offset").exists());
+        assert!(matches!(
+            log.read(target - 1, 100).await,
+            Err(Error::OffsetOutOfRange { log_start, .. }) if log_start == target
+        ));
+        // Reading at the start returns the whole batch holding it, as Kafka does.
+        let first = batch_holding(&written, target);
+        assert_eq!(read_all(&log).await, written[first..].to_vec());
+        // Searches by timestamp never answer below the start.
+        let hit = log.find_by_timestamp(0).await.unwrap().unwrap();
+        assert_eq!(hit.batch_base_offset, written[first].0);
+        // At or below the start: nothing changes. Beyond the high watermark: refused.
+        assert_eq!(log.delete_records_before(5).await.unwrap(), target);
+        let end = log.offsets().durable_end;
+        assert!(matches!(
+            log.delete_records_before(end + 1).await,
+            Err(Error::OffsetOutOfRange { offset, .. }) if offset == end + 1
+        ));
+        assert_eq!(log.offsets().log_start, target);
+
+        // The start survives a clean reopen and a crash (drop without close).
+        log.close().await.unwrap();
+        drop(log);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        assert_eq!(log.offsets().log_start, target);
+        assert!(log.read(target - 1, 100).await.is_err());
+        assert_eq!(read_all(&log).await, written[first..].to_vec());
+        // Deleting everything up to the high watermark keeps the active segment, empty to readers.
+        let end = log.offsets().durable_end;
+        assert_eq!(log.delete_records_before(end).await.unwrap(), end);
+        assert_eq!(log.stats().segments, 1);
+        assert!(log.read(end, 100).await.unwrap().is_none());
+        let more = append_range(&log, 300, 310).await;
+        assert_eq!(more[0].0, end);
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(log.offsets().log_start, end);
+        assert_eq!(read_all(&log).await, more);
+    });
+}
+
+#[test]
+fn set_config_applies_to_later_appends_and_retention_and_keeps_the_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.segment_bytes = 4 * 1024 * 1024;
+        cfg.retention_bytes = None;
+        cfg.retention_ms = None;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let mut written = append_range(&log, 0, 100).await;
+        assert_eq!(log.stats().segments, 1);
+
+        // Smaller segments: the next append rolls, and later segments keep to the new size.
+        let mut smaller = cfg.clone();
+        smaller.segment_bytes = 64 * 1024;
+        smaller.batch_bytes_max = 16 * 1024;
+        // Write-path sizing of the open log is kept whatever the new config says.
+        smaller.write_buffer_bytes = 128 * 1024;
+        smaller.preallocate_step_bytes = 128 * 1024;
+        smaller.dir = "/nowhere".into();
+        log.set_config(smaller).unwrap();
+        let now = log.config();
+        assert_eq!(now.segment_bytes, 64 * 1024);
+        assert_eq!(now.write_buffer_bytes, cfg.write_buffer_bytes);
+        assert_eq!(now.preallocate_step_bytes, cfg.preallocate_step_bytes);
+        assert_eq!(now.dir, path);
+        written.extend(append_range(&log, 100, 300).await);
+        let sealed = log.sealed_segments();
+        assert!(sealed.len() > 3);
+        assert!(sealed[1..].iter().all(|s| s.size_bytes <= 64 * 1024));
+        let big = iouring_storage::testing::build_batch(1, 20 * 1024, 0, 0);
+        assert!(matches!(log.append(&big, 0, 0).await, Err(Error::InvalidBatch(_))));
+
+        // Retention switched on later applies at the next run.
+        assert!(log.enforce_retention(0).await.unwrap().is_empty());
+        let mut retained = log.config();
+        retained.retention_bytes = Some(200 * 1024);
+        log.set_config(retained.clone()).unwrap();
+        assert!(!log.enforce_retention(0).await.unwrap().is_empty());
+        assert!(log.size_bytes() < 200 * 1024 + 64 * 1024);
+        let start = log.offsets().log_start;
+        assert_eq!(
+            read_all(&log).await,
+            written.iter().filter(|(b, _)| *b >= start).cloned().collect::<Vec<_>>()
+        );
+
+        // An invalid config is refused whole and changes nothing.
+        let mut bad = retained.clone();
+        bad.segment_bytes = 10;
+        bad.retention_bytes = Some(1);
+        assert!(matches!(log.set_config(bad), Err(Error::Config { key: "segment_bytes", .. })));
+        assert_eq!(log.config().retention_bytes, Some(200 * 1024));
+        assert_eq!(log.config().segment_bytes, 64 * 1024);
+    });
+}
+
+/// Sets a log start in the middle of a 150-batch log, then lets `damage` change the files and
+/// reopens: returns the log, what was written, the start that was set, and the bases of the
+/// segments that were below it.
+fn log_start_scenario(
+    damage: impl FnOnce(&Path, &[PathBuf]) + Send + 'static,
+    check: impl FnOnce(PartitionLog, Vec<(u64, Vec<u8>)>, u64) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 150).await;
+        let sealed = log.sealed_segments();
+        assert!(sealed.len() >= 3);
+        // Keep copies of what delete_records_before deletes, to put back as a crash would leave it.
+        let saved: Vec<(PathBuf, Vec<u8>)> = sealed[..2]
+            .iter()
+            .flat_map(|s| [s.log_path.clone(), s.index_path.clone(), s.time_index_path.clone()])
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        let target = sealed[2].base_offset + 1;
+        log.delete_records_before(target).await.unwrap();
+        drop(log);
+        for (p, bytes) in &saved {
+            assert!(!p.exists());
+            std::fs::write(p, bytes).unwrap();
+        }
+        let restored: Vec<PathBuf> = saved.into_iter().map(|(p, _)| p).collect();
+        damage(&path, &restored);
+        let log = PartitionLog::open(cfg).await.expect("recovery opens the log");
+        check(log, written, target).await;
+    });
+}
+
+#[test]
+fn crash_after_persisting_the_log_start_before_deleting_segments() {
+    log_start_scenario(
+        |_, _| {},
+        |log, written, target| {
+            Box::pin(async move {
+                assert_eq!(log.offsets().log_start, target);
+                let first = batch_holding(&written, target);
+                assert_eq!(read_all(&log).await, written[first..].to_vec());
+                let sealed = log.sealed_segments();
+                assert!(sealed[0].base_offset <= target && target < sealed[0].next_offset);
+                assert!(sealed[0].base_offset > 0, "segments below the start were deleted");
+                assert!(!log.config().dir.join(format!("{:020}.log", 0)).exists());
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_missing_log_start_file_starts_at_the_first_segment() {
+    log_start_scenario(
+        |dir, restored| {
+            std::fs::remove_file(dir.join("log-start.offset")).unwrap();
+            for p in restored {
+                std::fs::remove_file(p).unwrap();
+            }
+        },
+        |log, written, target| {
+            Box::pin(async move {
+                let start = log.offsets().log_start;
+                assert!(start < target && start > 0, "the first kept segment's base");
+                let first = batch_holding(&written, start);
+                assert_eq!(read_all(&log).await, written[first..].to_vec());
+                // A later DeleteRecords works as before.
+                assert_eq!(log.delete_records_before(target).await.unwrap(), target);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_damaged_log_start_file_is_ignored_and_removed() {
+    log_start_scenario(
+        |dir, _| {
+            let p = dir.join("log-start.offset");
+            let mut bytes = std::fs::read(&p).unwrap();
+            bytes[9] ^= 0xff;
+            std::fs::write(&p, bytes).unwrap();
+            // A half-written replacement left by a crash goes too.
+            std::fs::write(dir.join("log-start.offset.tmp"), b"junk").unwrap();
+        },
+        |log, written, target| {
+            Box::pin(async move {
+                let dir = log.config().dir;
+                assert!(!dir.join("log-start.offset").exists());
+                assert!(!dir.join("log-start.offset.tmp").exists());
+                // Nothing is lost: the log starts at its first segment, which crash put back.
+                assert_eq!(log.offsets().log_start, 0);
+                assert_eq!(read_all(&log).await, written);
+                assert_eq!(log.delete_records_before(target).await.unwrap(), target);
+                assert_eq!(log.offsets().log_start, target);
+            })
+        },
+    );
+}
+
+#[test]
+fn crash_losing_data_above_the_log_start_lowers_it_to_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        append_range(&log, 0, 150).await;
+        let end = log.offsets().durable_end;
+        log.delete_records_before(end).await.unwrap();
+        drop(log);
+        // A bad disk eats the tail of the active segment: the log ends below the start.
+        let seg = active_segment(&path);
+        let (p, _) = batch_positions(&seg)[1];
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(p + 10).unwrap();
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let o = log.offsets();
+        assert!(o.log_end < end);
+        assert_eq!(o.log_start, o.log_end);
+        let info = log.append(&nth_batch(1), 0, 0).await.unwrap();
+        log.commit().await.unwrap();
+        assert_eq!(info.base_offset, o.log_end);
+        drop(log);
+        // The lowered start was persisted: the new batch is readable after reopening.
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(log.offsets().log_start, o.log_end);
+        assert!(log.read(o.log_end, 1).await.unwrap().is_some());
+    });
+}
+
+#[test]
+fn truncation_below_the_log_start_lowers_it_with_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let cfg = small_config(&path);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 150).await;
+        // Start and cut both inside the second segment, which DeleteRecords keeps.
+        let seg = log.sealed_segments()[1].clone();
+        let inside: Vec<u64> = written
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| (seg.base_offset..seg.next_offset).contains(b))
+            .collect();
+        assert!(inside.len() >= 3);
+        let (cut, start) = (inside[inside.len() / 3], inside[2 * inside.len() / 3]);
+        log.delete_records_before(start).await.unwrap();
+        let new_end = log.truncate_to(cut).await.unwrap();
+        assert_eq!(new_end, cut);
+        assert_eq!(log.offsets().log_start, new_end, "the log never starts after its end");
+        let more = append_range(&log, 100, 105).await;
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(log.offsets().log_start, new_end);
+        assert_eq!(read_all(&log).await, more);
+    });
+}

@@ -7,6 +7,11 @@
 //! The layering is the picture in shared/STYLE.md ("Crates and layering"). A crate depends only
 //! on crates below it and siblings never depend on each other; the same rule holds for normal,
 //! build and dev dependencies alike. Every member also inherits the workspace lints.
+//!
+//! `unsafe` code: the workspace lint is `unsafe_code = "deny"` (not "forbid", so that a module
+//! that must can opt out), and only the files in `UNSAFE_ALLOWED` may opt out. In those, every
+//! `unsafe` block and impl has a `// SAFETY:` comment just above it, and every `unsafe fn`
+//! outside an `unsafe impl` a `# Safety` section in its doc comment (STYLE.md, "unsafe").
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -192,6 +197,139 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// The only files, relative to the workspace root, that may opt out of the workspace's
+/// `unsafe_code = "deny"`, and why. Adding one is a decision to review, not a formality.
+const UNSAFE_ALLOWED: &[(&str, &str)] = &[(
+    "broker/src/alloc.rs",
+    "the global allocator: huge allocations become mmap(MAP_NORESERVE) reservations, so a hostile array count cannot abort the broker",
+)];
+
+/// True if a line is an attribute that mentions the `unsafe_code` lint: `#![allow(unsafe_code)]`,
+/// `#[allow(..., unsafe_code)]`, `expect`, `warn`, `cfg_attr(...)`: any of them opts out of "deny".
+fn opts_out_of_unsafe_lint(line: &str) -> bool {
+    let t = line.trim_start();
+    (t.starts_with("#![") || t.starts_with("#[")) && t.contains("unsafe_code")
+}
+
+/// The problems with `unsafe` in one file's source: a `// SAFETY:` comment missing above an
+/// `unsafe` block or impl, a `# Safety` section missing from an `unsafe fn`'s doc comment.
+/// A line scan over rustfmt-formatted code, not a parser.
+fn unsafe_without_justification(source: &str) -> Vec<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let comment_block_above = |i: usize| -> Vec<&str> {
+        lines[..i]
+            .iter()
+            .rev()
+            .map(|l| l.trim_start())
+            .take_while(|l| l.starts_with("//") || l.starts_with("#["))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let mut in_unsafe_impl = false;
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        if line.starts_with('}') {
+            in_unsafe_impl = false;
+        }
+        let is_block = code.contains("unsafe {");
+        let is_impl = code.starts_with("unsafe impl") || code.contains(" unsafe impl");
+        let is_fn = code.contains("unsafe fn ");
+        if (is_block || is_impl) && !comment_block_above(i).iter().any(|l| l.starts_with("// SAFETY:")) {
+            problems.push(format!("line {}: `unsafe` without a `// SAFETY:` comment above it", i + 1));
+        }
+        if is_impl {
+            in_unsafe_impl = true;
+        }
+        if is_fn && !in_unsafe_impl && !comment_block_above(i).iter().any(|l| l.starts_with("/// # Safety")) {
+            problems.push(format!(
+                "line {}: `unsafe fn` without a `# Safety` section in its doc comment",
+                i + 1
+            ));
+        }
+    }
+    problems
+}
+
+/// Every `.rs` file under `dir`, skipping build output and hidden directories.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
+        let path = entry.expect("directory entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("running `{cargo} metadata`: {e}"));
+    let metadata: Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    PathBuf::from(metadata["workspace_root"].as_str().expect("workspace_root"))
+}
+
+#[test]
+fn unsafe_code_is_denied_and_allowed_only_where_listed() {
+    let root = workspace_root();
+    let manifest = read(&root.join("Cargo.toml"));
+    let lint = manifest
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").replace(' ', ""))
+        .find(|l| l.starts_with("unsafe_code="))
+        .expect("the root Cargo.toml sets the unsafe_code lint");
+    assert!(
+        lint == "unsafe_code=\"deny\"" || lint == "unsafe_code=\"forbid\"",
+        "the workspace's unsafe_code lint must be deny or forbid, found `{lint}`"
+    );
+    let (members, _) = workspace();
+    let mut files = Vec::new();
+    for (_, manifest) in &members {
+        rust_files(manifest.parent().expect("a manifest has a directory"), &mut files);
+    }
+    assert!(
+        files.iter().any(|f| f.ends_with("iouring-storage/tests/tidy.rs")),
+        "the scan did not find this very file: it would prove nothing"
+    );
+    let mut problems = Vec::new();
+    let mut opted_out = BTreeSet::new();
+    for file in &files {
+        let relative = file.strip_prefix(&root).unwrap_or(file).to_string_lossy().replace('\\', "/");
+        let source = read(file);
+        if !source.lines().any(opts_out_of_unsafe_lint) {
+            continue;
+        }
+        if UNSAFE_ALLOWED.iter().any(|(allowed, _)| *allowed == relative) {
+            opted_out.insert(relative.clone());
+            for p in unsafe_without_justification(&source) {
+                problems.push(format!("{relative}: {p}"));
+            }
+        } else {
+            problems.push(format!(
+                "{relative} opts out of `unsafe_code = \"deny\"`, but is not in UNSAFE_ALLOWED (iouring-storage/tests/tidy.rs)"
+            ));
+        }
+    }
+    for (allowed, _) in UNSAFE_ALLOWED {
+        if !opted_out.contains(*allowed) {
+            problems.push(format!(
+                "{allowed} is in UNSAFE_ALLOWED but does not opt out (or is gone): remove it"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "unsafe code problems:\n  {}", problems.join("\n  "));
+}
+
 // The rule functions themselves, on hostile input, so the checks above demonstrably can fail.
 
 fn edge(from: &str, to: &str, kind: &str) -> Edge {
@@ -301,4 +439,45 @@ fn missing_or_false_lint_inheritance_is_caught() {
     assert!(!inherits_workspace_lints("[lints.clippy]\nworkspace = true\n"));
     // `[lints]` followed by a different table before the setting.
     assert!(!inherits_workspace_lints("[lints]\n[dependencies]\nworkspace = true\n"));
+}
+
+#[test]
+fn every_form_of_opting_out_of_the_unsafe_lint_is_seen() {
+    for line in [
+        "#![allow(unsafe_code)]",
+        "    #[allow(unsafe_code)]",
+        "#[allow(dead_code, unsafe_code)]",
+        "#![expect(unsafe_code)]",
+        "#![warn(unsafe_code)]",
+        "#![cfg_attr(test, allow(unsafe_code))]",
+    ] {
+        assert!(opts_out_of_unsafe_lint(line), "{line}");
+    }
+    for line in [
+        "// #![allow(unsafe_code)]",
+        "let s = \"#![allow(unsafe_code)]\";",
+        "#![allow(dead_code)]",
+    ] {
+        assert!(!opts_out_of_unsafe_lint(line), "{line}");
+    }
+}
+
+#[test]
+fn unsafe_without_a_safety_comment_is_caught() {
+    let justified = "fn f() {\n    // SAFETY: p is valid.\n    let x = unsafe { *p };\n}\n\n// SAFETY: the contract holds.\nunsafe impl GlobalAlloc for A {\n    unsafe fn alloc(&self) {}\n}\n\n/// Frees.\n///\n/// # Safety\n/// p is ours.\nunsafe fn release(p: *mut u8) {}\n";
+    assert_eq!(unsafe_without_justification(justified), Vec::<String>::new());
+    let bare_block = "fn f() {\n    let x = unsafe { *p };\n}\n";
+    assert_eq!(unsafe_without_justification(bare_block).len(), 1);
+    // A comment that is not a SAFETY comment, or one separated by code, does not count.
+    let wrong_comment = "// Reads p.\nlet x = unsafe { *p };\n";
+    assert_eq!(unsafe_without_justification(wrong_comment).len(), 1);
+    let separated = "// SAFETY: p is valid.\nlet y = 1;\nlet x = unsafe { *p };\n";
+    assert_eq!(unsafe_without_justification(separated).len(), 1);
+    let bare_impl = "unsafe impl Send for A {}\n";
+    assert_eq!(unsafe_without_justification(bare_impl).len(), 1);
+    let undocumented_fn = "/// Frees.\nunsafe fn release(p: *mut u8) {}\n";
+    assert_eq!(unsafe_without_justification(undocumented_fn).len(), 1);
+    // After an unsafe impl ends, its exemption for methods ends too.
+    let after_impl = "// SAFETY: ok.\nunsafe impl Send for A {\n}\nunsafe fn loose() {}\n";
+    assert_eq!(unsafe_without_justification(after_impl).len(), 1);
 }
