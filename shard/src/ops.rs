@@ -48,6 +48,19 @@ pub enum Op {
     Drop {
         tp: TopicPartition,
     },
+    /// Applies the partition's current configuration, read from the provider, to its open log
+    /// (see `PartitionLog::set_config`); a log not open yet opens with it anyway. Reading it
+    /// here rather than carrying it keeps two reconfigures that cross on the mesh from leaving
+    /// the older config in force.
+    Reconfigure {
+        tp: TopicPartition,
+    },
+    /// Raises the log start to `before` (whole segments below it are deleted), or to the
+    /// durable end when `None`.
+    DeleteRecords {
+        tp: TopicPartition,
+        before: Option<u64>,
+    },
 }
 
 /// Bytes read from a partition.
@@ -67,4 +80,7 @@ pub enum OpResult {
     Timestamp(Result<Option<TimestampHit>>),
     Waited,
     Dropped(Result<()>),
+    Reconfigured(Result<()>),
+    /// The offsets after the deletion; `log_start` is the new start.
+    RecordsDeleted(Result<LogOffsets>),
 }

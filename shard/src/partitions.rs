@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use futures::future::{select, select_all, FutureExt};
 use glommio::sync::Semaphore;
 use iouring_storage::{LogConfig, PartitionLog};
@@ -28,6 +29,9 @@ pub struct Partitions {
     logs: RefCell<HashMap<TopicPartition, PartitionLog>>,
     /// Serializes opening, so two requests never open the same directory twice.
     open_lock: Semaphore,
+    /// Per partition, the end of the chain of appends: the receiver the next append waits on
+    /// before it starts (see `append`).
+    append_tails: RefCell<HashMap<TopicPartition, oneshot::Receiver<()>>>,
 }
 
 impl Partitions {
@@ -38,6 +42,7 @@ impl Partitions {
             provider,
             logs: RefCell::new(HashMap::new()),
             open_lock: Semaphore::new(1),
+            append_tails: RefCell::new(HashMap::new()),
         }
     }
 
@@ -104,6 +109,8 @@ impl Partitions {
                 OpResult::Waited
             }
             Op::Drop { tp } => OpResult::Dropped(self.drop_partition(&tp).await),
+            Op::Reconfigure { tp } => OpResult::Reconfigured(self.reconfigure(&tp).await),
+            Op::DeleteRecords { tp, before } => OpResult::RecordsDeleted(self.delete_records(&tp, before).await),
         }
     }
 
@@ -115,12 +122,28 @@ impl Partitions {
         now_ms: i64,
         durable: bool,
     ) -> Result<(iouring_storage::AppendInfo, iouring_storage::LogOffsets)> {
+        // Appends to one partition take effect in the order they reached this shard, which
+        // keeps the order of the requests on one connection (Kafka's ordering guarantee for a
+        // producer with several requests in flight). The place in line is taken before the
+        // first await: opening the log on first use waits on `open_lock`, and without the line
+        // an append arriving after the open would overtake those queued during it. Nor is the
+        // log's append lock alone enough: a glommio Semaphore waiter polled while the permit is
+        // momentarily free takes it ahead of the waiter woken for it. (Ops run in detached
+        // tasks and are never cancelled midway, which would let the next one go early.)
+        let (my_turn_done, next_waits_on) = oneshot::channel::<()>();
+        let previous = self.append_tails.borrow_mut().insert(tp.clone(), next_waits_on);
+        if let Some(previous) = previous {
+            // Resolves (as Canceled) when the previous append drops its sender.
+            let _ = previous.await;
+        }
         let log = self.get(tp).await?;
         let storage = |source| Error::Storage {
             tp: tp.to_string(),
             source,
         };
         let info = log.append(&batch, leader_epoch, now_ms).await.map_err(storage)?;
+        // The offsets are assigned: the next append may go while this one waits for the disk.
+        drop(my_turn_done);
         if durable {
             log.wait_durable(info.last_offset + 1).await.map_err(storage)?;
         } else {
@@ -169,7 +192,35 @@ impl Partitions {
         let _ = select(any, timer).await;
     }
 
+    /// Gives the open log of `tp` the provider's current config. Waits for an open in
+    /// progress, which may have read the config before the change, and applies it there too.
+    /// A partition that no longer exists is left alone: a `Drop` follows.
+    async fn reconfigure(&self, tp: &TopicPartition) -> Result<()> {
+        let _permit = self.open_lock.acquire_permit(1).await.map_err(|_| Error::ShardGone(self.shard.0))?;
+        let log = self.logs.borrow().get(tp).cloned();
+        let Some(log) = log else { return Ok(()) };
+        let Some(mut config) = (self.provider)(tp) else { return Ok(()) };
+        config.dir = self.data_dir.join(tp.dir_name());
+        log.set_config(config).map_err(|source| Error::Storage {
+            tp: tp.to_string(),
+            source,
+        })
+    }
+
+    async fn delete_records(&self, tp: &TopicPartition, before: Option<u64>) -> Result<iouring_storage::LogOffsets> {
+        let log = self.get(tp).await?;
+        let before = before.unwrap_or_else(|| log.offsets().durable_end);
+        log.delete_records_before(before).await.map_err(|source| Error::Storage {
+            tp: tp.to_string(),
+            source,
+        })?;
+        Ok(log.offsets())
+    }
+
     async fn drop_partition(&self, tp: &TopicPartition) -> Result<()> {
+        // Under the open lock: an open in progress (which read the config before the topic
+        // went) finishes first, so its log is closed here and never outlives its directory.
+        let _permit = self.open_lock.acquire_permit(1).await.map_err(|_| Error::ShardGone(self.shard.0))?;
         let log = self.logs.borrow_mut().remove(tp);
         if let Some(log) = log {
             let _ = log.close().await;
@@ -207,5 +258,98 @@ impl Partitions {
                 tracing::warn!(target: "shard", %tp, error = %e, "closing partition failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small_config() -> LogConfig {
+        let mut c = LogConfig::new("");
+        c.segment_bytes = 1024 * 1024;
+        c.write_buffer_bytes = 64 * 1024;
+        c.preallocate_step_bytes = 64 * 1024;
+        c.batch_bytes_max = 32 * 1024;
+        c
+    }
+
+    fn run<Fut: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .expect("spawn executor")
+            .join()
+            .expect("executor ran");
+    }
+
+    #[test]
+    fn reconfigure_delete_records_and_drop_reach_the_open_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let current = Arc::new(std::sync::Mutex::new(small_config()));
+            let c = current.clone();
+            let provider: LogConfigProvider = Arc::new(move |tp: &TopicPartition| (tp.topic == "t").then(|| c.lock().unwrap().clone()));
+            let parts = Partitions::new(ShardId(0), data_dir.clone(), provider);
+            let tp = TopicPartition::new("t", 0);
+            // Not open yet: nothing to reconfigure, and it stays closed.
+            assert!(matches!(
+                parts.execute(Op::Reconfigure { tp: tp.clone() }).await,
+                OpResult::Reconfigured(Ok(()))
+            ));
+            assert!(parts.open_partitions().is_empty());
+            for i in 0..20 {
+                let batch = Bytes::from(iouring_storage::testing::build_batch(2, 1000, i, i));
+                let r = parts.append(&tp, batch, 0, 0, true).await.unwrap();
+                assert_eq!(r.0.base_offset, i as u64 * 2);
+            }
+            current.lock().unwrap().segment_bytes = 64 * 1024;
+            assert!(matches!(
+                parts.execute(Op::Reconfigure { tp: tp.clone() }).await,
+                OpResult::Reconfigured(Ok(()))
+            ));
+            let log = parts.get(&tp).await.unwrap();
+            assert_eq!(log.config().segment_bytes, 64 * 1024);
+            assert_eq!(log.config().dir, data_dir.join("t-0"), "the directory never changes");
+            current.lock().unwrap().segment_bytes = 1;
+            assert!(matches!(
+                parts.execute(Op::Reconfigure { tp: tp.clone() }).await,
+                OpResult::Reconfigured(Err(Error::Storage { .. }))
+            ));
+            assert_eq!(log.config().segment_bytes, 64 * 1024, "a refused config changes nothing");
+
+            match parts
+                .execute(Op::DeleteRecords {
+                    tp: tp.clone(),
+                    before: Some(7),
+                })
+                .await
+            {
+                OpResult::RecordsDeleted(Ok(o)) => assert_eq!(o.log_start, 7),
+                other => panic!("{other:?}"),
+            }
+            match parts
+                .execute(Op::DeleteRecords {
+                    tp: tp.clone(),
+                    before: None,
+                })
+                .await
+            {
+                OpResult::RecordsDeleted(Ok(o)) => assert_eq!((o.log_start, o.durable_end), (40, 40)),
+                other => panic!("{other:?}"),
+            }
+            let unknown = TopicPartition::new("u", 0);
+            assert!(matches!(
+                parts.execute(Op::DeleteRecords { tp: unknown, before: None }).await,
+                OpResult::RecordsDeleted(Err(Error::UnknownPartition(_)))
+            ));
+
+            assert!(matches!(
+                parts.execute(Op::Drop { tp: tp.clone() }).await,
+                OpResult::Dropped(Ok(()))
+            ));
+            assert!(!data_dir.join("t-0").exists());
+            assert!(parts.open_partitions().is_empty());
+        });
     }
 }

@@ -75,13 +75,36 @@ pub struct ShardSet {
 }
 
 impl ShardSet {
-    /// Waits for every shard's main future to finish.
+    /// Waits for every shard's main future to finish. Returns at the first shard that fails
+    /// (a panic kills its executor thread): the others cannot reach its partitions, so the
+    /// process should exit and be restarted rather than limp on.
     pub fn join(self) -> Result<()> {
+        let n = self.handles.len();
+        let (tx, rx) = mpsc::channel();
         for (i, h) in self.handles.into_iter().enumerate() {
-            h.join().map_err(|e| Error::Startup {
-                shard: i,
-                detail: format!("executor failed: {e}"),
-            })?;
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("join-shard-{i}"))
+                .spawn(move || {
+                    let _ = tx.send((i, h.join().map_err(|e| e.to_string())));
+                })
+                .map_err(|e| Error::Startup {
+                    shard: i,
+                    detail: format!("spawning a join thread: {e}"),
+                })?;
+        }
+        drop(tx);
+        for _ in 0..n {
+            match rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((i, Err(detail))) => {
+                    return Err(Error::Startup {
+                        shard: i,
+                        detail: format!("executor failed: {detail}"),
+                    })
+                }
+                Err(_) => break,
+            }
         }
         Ok(())
     }
