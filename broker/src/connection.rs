@@ -6,7 +6,9 @@
 //! stops reading, and TCP pushes back on the client. A frame above `request_bytes_max`, a
 //! frame whose header cannot be decoded, an unknown API key or an unsupported version (other
 //! than ApiVersions, which answers with its v0 fallback) gets a log line and a closed
-//! connection. A handler that panics closes the connection; the shard carries on.
+//! connection. A client that leaves mid-frame gets a log line. A handler that panics closes the
+//! connection; so does a panic anywhere else in the connection's code: an uncaught panic in a
+//! glommio task would end the shard's executor thread, and every connection and partition on it.
 
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -21,13 +23,24 @@ use crate::server::Broker;
 /// Serves one connection until the client leaves or misbehaves.
 pub async fn serve(broker: Rc<Broker>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown".into());
+    if AssertUnwindSafe(serve_until_closed(broker, stream, peer.clone()))
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!(target: "broker", %peer, "connection code panicked; connection closed");
+    }
+}
+
+async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::warn!(target: "broker", %peer, error = %e, "cannot set TCP_NODELAY");
     }
     tracing::debug!(target: "broker", %peer, "connection opened");
     let (mut reader, mut writer) = stream.split();
     let (queue_tx, queue_rx) = glommio::channels::local_channel::new_bounded(broker.config.requests_in_flight_max);
-    let writer_task = glommio::spawn_local(async move {
+    // Its own task, whose panic would end the executor like any other: caught too.
+    let write_responses = async move {
         let mut queue_rx = queue_rx.stream();
         while let Some(task) = queue_rx.next().await {
             let task: glommio::task::JoinHandle<Reply> = task;
@@ -46,25 +59,30 @@ pub async fn serve(broker: Rc<Broker>, stream: TcpStream) {
         }
         // Shuts down our side; the client sees EOF and the reader stops.
         let _ = writer.close().await;
-    })
-    .detach();
+    };
+    let writer_task = glommio::spawn_local(AssertUnwindSafe(write_responses).catch_unwind()).detach();
 
-    let mut size_buf = [0u8; 4];
     loop {
-        if let Err(e) = reader.read_exact(&mut size_buf).await {
-            if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                tracing::debug!(target: "broker", %peer, error = %e, "read failed");
+        let size = match read_size(&mut reader).await {
+            Ok(Some(size)) => size,
+            // The client closed the connection between requests.
+            Ok(None) => break,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    tracing::info!(target: "broker", %peer, "connection closed mid-request (in the size prefix)");
+                } else {
+                    tracing::debug!(target: "broker", %peer, error = %e, "read failed");
+                }
+                break;
             }
-            break;
-        }
-        let size = i32::from_be_bytes(size_buf);
+        };
         if size < 8 || size as usize > broker.config.request_bytes_max {
             tracing::warn!(target: "broker", %peer, size, max = broker.config.request_bytes_max, "request size out of bounds; closing connection");
             break;
         }
         let mut frame = BytesMut::zeroed(size as usize);
         if let Err(e) = reader.read_exact(&mut frame).await {
-            tracing::debug!(target: "broker", %peer, error = %e, "connection closed mid-request");
+            tracing::info!(target: "broker", %peer, size, error = %e, "connection closed mid-request");
             break;
         }
         let frame = frame.freeze();
@@ -97,8 +115,25 @@ pub async fn serve(broker: Rc<Broker>, stream: TcpStream) {
         }
     }
     drop(queue_tx);
-    let _ = writer_task.await;
+    if let Some(Err(_)) = writer_task.await {
+        tracing::error!(target: "broker", %peer, "response writer panicked; connection closed");
+    }
     tracing::debug!(target: "broker", %peer, "connection closed");
+}
+
+/// Reads a frame's size prefix: `None` if the connection ends cleanly before it, an
+/// `UnexpectedEof` error if it ends inside it.
+async fn read_size(reader: &mut (impl futures::AsyncRead + Unpin)) -> std::io::Result<Option<i32>> {
+    let mut buf = [0u8; 4];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await? {
+            0 if filled == 0 => return Ok(None),
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => filled += n,
+        }
+    }
+    Ok(Some(i32::from_be_bytes(buf)))
 }
 
 /// What the writer does for one request, in order.

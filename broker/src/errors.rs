@@ -6,7 +6,12 @@ use shard::Error as ShardError;
 
 /// The Kafka error code for a failed partition operation.
 pub fn code(e: &ShardError) -> i16 {
-    let r = match e {
+    response_error(e).code()
+}
+
+/// The Kafka error for a failed partition operation.
+pub fn response_error(e: &ShardError) -> ResponseError {
+    match e {
         ShardError::UnknownPartition(_) => ResponseError::UnknownTopicOrPartition,
         // The owner is going away (shutdown): a retriable error sends the client back to
         // Metadata and another attempt.
@@ -27,8 +32,7 @@ pub fn code(e: &ShardError) -> i16 {
             StorageError::Poisoned { .. } | StorageError::Io { .. } | StorageError::Corrupt { .. } => ResponseError::KafkaStorageError,
             StorageError::Config { .. } => ResponseError::InvalidConfig,
         },
-    };
-    r.code()
+    }
 }
 
 /// Logs errors an operator must see (storage failures); the rest are the client's business.

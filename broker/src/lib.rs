@@ -3,10 +3,13 @@
 //!
 //! Architecture invariant: only this crate knows the Kafka wire format and Kafka error codes.
 
+pub mod alloc;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod frame;
 pub mod handlers;
 pub mod metadata;
+pub mod records;
 pub mod server;
 pub mod topic_config;

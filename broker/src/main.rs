@@ -10,6 +10,11 @@ use broker::config::{Config, Flags};
 use broker::metadata::MetaStore;
 use clap::Parser;
 
+/// Huge allocations become lazily backed reservations, so that a hostile array count in a
+/// request cannot abort the process (see `broker::alloc`).
+#[global_allocator]
+static ALLOCATOR: broker::alloc::ReservingAllocator = broker::alloc::ReservingAllocator;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("broker: {e:#}");
@@ -28,6 +33,18 @@ fn run() -> anyhow::Result<()> {
         builder.init();
     }
 
+    if broker::alloc::overcommit_is_strict() {
+        tracing::warn!(
+            target: "broker",
+            "vm.overcommit_memory is 2 (strict): a request declaring a huge array can make an allocation fail and abort the broker"
+        );
+    }
+    // Shards bind with SO_REUSEPORT, which would silently share the port with another broker
+    // already listening there. A plain bind first tells the two apart.
+    match std::net::TcpListener::bind(config.listen) {
+        Ok(probe) => drop(probe),
+        Err(e) => anyhow::bail!("cannot listen on {}: {e} (is another broker running there?)", config.listen),
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let meta = MetaStore::open(&config.data_dir, config.shards, config.topic_defaults.clone()).context("opening cluster metadata")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +90,8 @@ fn run() -> anyhow::Result<()> {
         data_dir = %config.data_dir.display(),
         "broker ready"
     );
-    shards.join().context("shards")?;
+    // A shard that dies (a panic kills its executor) ends the process with an error.
+    shards.join().context("a shard failed")?;
     tracing::info!(target: "broker", "broker stopped");
     Ok(())
 }

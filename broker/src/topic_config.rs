@@ -180,6 +180,49 @@ impl Effective {
     }
 }
 
+/// The type DescribeConfigs (v3+) reports for a config, as Kafka numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Long = 5,
+    List = 7,
+}
+
+/// The type of a topic config.
+pub fn config_type(name: &str) -> ConfigType {
+    match name {
+        "cleanup.policy" => ConfigType::List,
+        "retention.ms" | "retention.bytes" | "segment.ms" => ConfigType::Long,
+        "segment.bytes" | "max.message.bytes" | "index.interval.bytes" | "min.insync.replicas" => ConfigType::Int,
+        _ => ConfigType::String,
+    }
+}
+
+/// Whether a config holds a comma-separated list (IncrementalAlterConfigs' APPEND and SUBTRACT
+/// apply only to these).
+pub fn is_list(name: &str) -> bool {
+    config_type(name) == ConfigType::List
+}
+
+/// The broker-wide config that sets a topic config's default, by Kafka's name (the synonym
+/// DescribeConfigs lists). `topic_defaults` in the broker's file uses the topic names.
+pub fn broker_synonym(name: &str) -> &'static str {
+    match name {
+        "cleanup.policy" => "log.cleanup.policy",
+        "retention.ms" => "log.retention.ms",
+        "retention.bytes" => "log.retention.bytes",
+        "segment.bytes" => "log.segment.bytes",
+        "segment.ms" => "log.roll.ms",
+        "max.message.bytes" => "message.max.bytes",
+        "message.timestamp.type" => "log.message.timestamp.type",
+        "index.interval.bytes" => "log.index.interval.bytes",
+        "min.insync.replicas" => "min.insync.replicas",
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +267,23 @@ mod tests {
         assert!(validate_one("message.timestamp.type", "Now").is_err());
         assert!(validate_one("no.such.config", "1").is_err());
         assert!(validate_one("cleanup.policy", "compact, delete").is_ok());
+    }
+
+    #[test]
+    fn every_config_has_a_type_its_default_fits_and_a_broker_synonym() {
+        for d in DEFS {
+            assert!(broker_synonym(d.name).contains('.'), "{}", d.name);
+            let fits = match config_type(d.name) {
+                ConfigType::Int => d.default.parse::<i32>().is_ok(),
+                ConfigType::Long => d.default.parse::<i64>().is_ok(),
+                ConfigType::Boolean => d.default.parse::<bool>().is_ok(),
+                ConfigType::List => d.default.split(',').all(|v| !v.trim().is_empty()),
+                ConfigType::String => !d.default.is_empty(),
+            };
+            assert!(fits, "default `{}` of {} is not a {:?}", d.default, d.name, config_type(d.name));
+            assert!(validate_one(d.name, d.default).is_ok(), "{}", d.name);
+        }
+        assert!(is_list("cleanup.policy"));
+        assert!(!is_list("retention.ms"));
     }
 }

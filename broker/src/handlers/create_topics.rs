@@ -14,7 +14,7 @@ use crate::server::Broker;
 use crate::topic_config::{self, Source};
 
 /// Most partitions one topic may have.
-const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
+pub(super) const PARTITIONS_PER_TOPIC_MAX: i32 = 100_000;
 
 /// A refused creation: the Kafka error and a message for the client.
 pub type Refusal = (ResponseError, String);

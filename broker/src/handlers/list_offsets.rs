@@ -1,12 +1,12 @@
 //! ListOffsets (key 2), versions 1-10: earliest, latest (the high watermark), max timestamp,
-//! and the first record at or after a timestamp. The log finds the batch; this handler opens
-//! the batch (decompressing if needed) to find the exact record.
+//! and the first record at or after a timestamp. The log finds the batch; this handler walks
+//! the batch's records (`crate::records`, bounded, since a client wrote them) to find the exact
+//! record, and answers with the batch if it cannot.
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, ResponseKind};
-use kafka_protocol::records::RecordBatchDecoder;
 use shard::{Op, OpResult, TopicPartition};
 
 use super::{decode_body, Request};
@@ -95,15 +95,13 @@ async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, time
         _ => return Err(ResponseError::UnknownServerError.code()),
     };
     let target = if timestamp == MAX_TIMESTAMP { hit.max_timestamp } else { timestamp };
-    Ok(first_record_at_or_after(&batch, target).unwrap_or((hit.batch_base_offset as i64, hit.max_timestamp)))
-}
-
-/// The first record in the batch whose timestamp is at or after `timestamp`.
-fn first_record_at_or_after(batch: &Bytes, timestamp: i64) -> Option<(i64, i64)> {
-    let mut buf = batch.clone();
-    let set = RecordBatchDecoder::decode(&mut buf).ok()?;
-    set.records
-        .iter()
-        .find(|r| r.timestamp >= timestamp)
-        .map(|r| (r.offset, r.timestamp))
+    let batch_answer = (hit.batch_base_offset as i64, hit.max_timestamp);
+    match crate::records::first_at_or_after(&batch, target) {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Ok(batch_answer),
+        Err(e) => {
+            tracing::debug!(target: "broker", offset = hit.batch_base_offset, error = %e, "cannot walk a batch's records; answering with the batch");
+            Ok(batch_answer)
+        }
+    }
 }

@@ -38,20 +38,26 @@ impl BrokerProcess {
             log_path: tmp.path().join("broker.log"),
             _tmp: Some(tmp),
         };
-        b.spawn();
-        b
+        // The port was free a moment ago; another test may take it first. The broker refuses a
+        // port in use ("cannot listen"), so pick another and retry.
+        for _ in 0..5 {
+            match b.spawn() {
+                Ok(()) => return b,
+                Err(log) if log.contains("cannot listen") => b.port = free_port(),
+                Err(log) => panic!("broker exited during start-up:\n{log}"),
+            }
+        }
+        panic!("no free port for the broker after 5 attempts");
     }
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
+    /// Starts the process and waits until it is ready; on early exit, returns its log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log_start = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .arg("--listen")
             .arg(self.bootstrap())
@@ -64,20 +70,23 @@ impl BrokerProcess {
             .spawn()
             .expect("start broker binary");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(log_start)
     }
 
-    /// Waits until the broker accepts connections and has logged that it is ready.
-    fn wait_ready(&mut self) {
+    /// Waits until this run of the broker has logged that it is ready and accepts connections.
+    fn wait_ready(&mut self, log_start: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            let log = self.log();
+            let this_run = log.get(log_start..).unwrap_or("");
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("broker exited during start-up with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("exit status {status}\n{this_run}"));
             }
-            if self.log().contains("broker ready") && TcpStream::connect(self.bootstrap()).is_ok() {
-                return;
+            if this_run.contains("broker ready") && TcpStream::connect(self.bootstrap()).is_ok() {
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "broker not ready after 60 s:\n{}", self.log());
+            assert!(Instant::now() < deadline, "broker not ready after 60 s:\n{log}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -119,7 +128,14 @@ impl BrokerProcess {
     /// Starts the broker again on the same port and data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker before restarting it");
-        self.spawn();
+        if let Err(log) = self.spawn() {
+            panic!("broker failed to restart:\n{log}");
+        }
+    }
+
+    /// The broker's process id while it runs, e.g. to read its memory use from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the process is still running.

@@ -1,0 +1,170 @@
+//! The admin APIs (DeleteTopics, CreatePartitions, DescribeConfigs, AlterConfigs,
+//! IncrementalAlterConfigs, DescribeCluster, DeleteRecords, OffsetForLeaderEpoch) driven by
+//! kafka-python's KafkaAdminClient, a client nobody here wrote, against the real broker. Each
+//! test runs one case of `tests/python/admin_test.py`, which checks the effects (directories
+//! gone, segments rolled and deleted, log start moved, records readable) and not only error codes.
+//!
+//! Needs python3 with kafka-python (`scripts/ci-deps/20-kafka-python.sh`) and kcat
+//! (`scripts/ci-deps/10-kcat.sh`).
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::BrokerProcess;
+
+/// Longest one case may run; the script bounds its own waits well below this.
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/admin_test.py");
+
+/// A broker whose retention runs every 100 ms (settable only in the config file), so retention
+/// changes show within a test's patience. Returns the broker and the directory of its config.
+fn start_broker() -> (BrokerProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "retention_check_interval_ms = 100\nshards = 2\n").unwrap();
+    let broker = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    (broker, dir)
+}
+
+/// Fails the test, not skips it, when the client is missing.
+fn require_kafka_python() {
+    let probe = Command::new("python3")
+        .args(["-c", "import kafka; print(kafka.__version__)"])
+        .output()
+        .expect("python3 is installed (scripts/ci-deps/20-kafka-python.sh)");
+    assert!(
+        probe.status.success(),
+        "kafka-python is not installed: run scripts/ci-deps/20-kafka-python.sh\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+/// Runs `python3 admin_test.py <bootstrap> <data dir> <case>` and panics with its output and the
+/// broker's log unless it exits 0 within `CASE_TIMEOUT`.
+fn run_case(broker: &BrokerProcess, case: &str) {
+    require_kafka_python();
+    assert!(Path::new(SCRIPT).exists(), "{SCRIPT} is missing");
+    let mut child = Command::new("python3")
+        .arg(SCRIPT)
+        .arg(broker.bootstrap())
+        .arg(&broker.data_dir)
+        .arg(case)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > CASE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let output = format!("--- stdout\n{stdout}--- stderr\n{stderr}--- broker log\n{}", broker.log());
+    match status {
+        None => panic!("admin case `{case}` still running after {CASE_TIMEOUT:?}; killed it\n{output}"),
+        Some(s) if !s.success() => panic!("admin case `{case}` failed with {s}\n{output}"),
+        Some(_) => {}
+    }
+    let problems = broker.problems();
+    assert!(
+        problems.is_empty(),
+        "admin case `{case}`: warnings in the broker log: {problems:#?}"
+    );
+}
+
+fn case(name: &str) {
+    let (broker, _config) = start_broker();
+    run_case(&broker, name);
+}
+
+/// Partition directories (`<topic>-<n>`) under the data directory.
+fn partition_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.ends_with("__cluster_metadata"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn delete_topics_removes_metadata_and_partition_directories() {
+    let (mut broker, _config) = start_broker();
+    run_case(&broker, "delete_topics");
+    // A restart neither brings the deleted topics back nor trips over their absence.
+    broker.stop();
+    broker.restart();
+    let dirs = partition_dirs(&broker.data_dir);
+    let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        names,
+        vec!["doomed-0".to_owned()],
+        "only the re-created topic's partition is on disk"
+    );
+    let meta = std::fs::read_to_string(broker.data_dir.join("__cluster_metadata/cluster.json")).unwrap();
+    assert!(!meta.contains("by-id"), "{meta}");
+}
+
+#[test]
+fn create_partitions_grows_a_topic_that_then_takes_records() {
+    case("create_partitions");
+}
+
+#[test]
+fn describe_alter_and_incrementally_alter_configs() {
+    case("configs");
+}
+
+#[test]
+fn config_changes_take_effect_on_open_partitions_without_restart() {
+    case("config_effects");
+}
+
+#[test]
+fn delete_records_moves_the_log_start_durably() {
+    let (mut broker, _config) = start_broker();
+    run_case(&broker, "delete_records");
+    broker.stop();
+    broker.restart();
+    run_case(&broker, "delete_records_after_restart");
+}
+
+#[test]
+fn describe_cluster_names_this_broker() {
+    case("describe_cluster");
+}
+
+#[test]
+fn kafka_python_admin_client_lists_and_describes_topics() {
+    case("admin_client_describes_topics");
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_epoch_zero_with_the_high_watermark() {
+    case("offset_for_leader_epoch");
+}
