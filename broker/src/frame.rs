@@ -71,7 +71,9 @@ pub struct Frame {
 
 impl Frame {
     pub fn single(bytes: Bytes) -> Frame {
-        Frame { pieces: vec![Piece::Bytes(bytes)] }
+        Frame {
+            pieces: vec![Piece::Bytes(bytes)],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -124,7 +126,9 @@ pub fn encode_fetch(version: i16, correlation_id: i32, mut response: FetchRespon
     match splice(&encoded, &nonce, records, flexible) {
         Ok(frame) => Ok(frame),
         Err(records) => {
-            let ResponseKind::Fetch(mut response) = kind else { unreachable!("built as Fetch above") };
+            let ResponseKind::Fetch(mut response) = kind else {
+                unreachable!("built as Fetch above")
+            };
             // A marker was not where it must be: encode plainly, copying the records.
             tracing::warn!(target: "broker", "fetch response splice failed; copying records");
             let mut rest = records.into_iter();
@@ -135,14 +139,23 @@ pub fn encode_fetch(version: i16, correlation_id: i32, mut response: FetchRespon
                     }
                 }
             }
-            Ok(Frame::single(encode_plain(ApiKey::Fetch, version, correlation_id, &ResponseKind::Fetch(response))?))
+            Ok(Frame::single(encode_plain(
+                ApiKey::Fetch,
+                version,
+                correlation_id,
+                &ResponseKind::Fetch(response),
+            )?))
         }
     }
 }
 
 fn splice(encoded: &Bytes, nonce: &[u8; 12], records: Vec<Records>, flexible: bool) -> Result<Frame, Vec<Records>> {
     // The length prefix each marker must follow: compact bytes (varint len + 1) or i32 len.
-    let prefix: &[u8] = if flexible { &[MARKER_BYTES as u8 + 1] } else { &[0, 0, 0, MARKER_BYTES as u8] };
+    let prefix: &[u8] = if flexible {
+        &[MARKER_BYTES as u8 + 1]
+    } else {
+        &[0, 0, 0, MARKER_BYTES as u8]
+    };
     let mut positions = Vec::with_capacity(records.len());
     let mut from = 4;
     for i in 0..records.len() {
@@ -179,7 +192,9 @@ fn splice(encoded: &Bytes, nonce: &[u8; 12], records: Vec<Records>, flexible: bo
     total += tail.len();
     pieces.push(Piece::Bytes(tail));
     // Rewrite the frame's size prefix for the real record sizes.
-    let Piece::Bytes(first) = &pieces[0] else { unreachable!("the first piece is encoded bytes") };
+    let Piece::Bytes(first) = &pieces[0] else {
+        unreachable!("the first piece is encoded bytes")
+    };
     let mut first = BytesMut::from(&first[..]);
     first[0..4].copy_from_slice(&((total - 4) as i32).to_be_bytes());
     pieces[0] = Piece::Bytes(first.freeze());
@@ -190,7 +205,9 @@ fn splice(encoded: &Bytes, nonce: &[u8; 12], records: Vec<Records>, flexible: bo
 pub fn encode_plain(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> anyhow::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(256);
     buf.extend_from_slice(&[0u8; 4]);
-    ResponseHeader::default().with_correlation_id(correlation_id).encode(&mut buf, api_key.response_header_version(version))?;
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, api_key.response_header_version(version))?;
     response.encode(&mut buf, version)?;
     let size = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&size.to_be_bytes());
@@ -205,8 +222,18 @@ mod tests {
     use kafka_protocol::protocol::{Decodable, StrBytes};
 
     fn response(parts: &[Option<&'static [u8]>]) -> FetchResponse {
-        let partitions = parts.iter().enumerate().map(|(i, r)| PartitionData::default().with_partition_index(i as i32).with_records(r.map(Bytes::from_static))).collect();
-        FetchResponse::default().with_responses(vec![FetchableTopicResponse::default().with_topic(TopicName(StrBytes::from_static_str("t"))).with_partitions(partitions)])
+        let partitions = parts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                PartitionData::default()
+                    .with_partition_index(i as i32)
+                    .with_records(r.map(Bytes::from_static))
+            })
+            .collect();
+        FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(partitions)])
     }
 
     fn join(frame: &Frame) -> Vec<u8> {
@@ -219,7 +246,16 @@ mod tests {
         let parts: [Option<&'static [u8]>; 4] = [Some(b"abc"), Some(b""), None, Some(big)];
         for version in 4..=17 {
             let plain = encode_plain(ApiKey::Fetch, version, 42, &ResponseKind::Fetch(response(&parts))).unwrap();
-            let records = parts.iter().flatten().map(|r| Records::Shared(vec![Bytes::from_static(&r[..r.len().min(1)]), Bytes::from_static(&r[r.len().min(1)..])])).collect();
+            let records = parts
+                .iter()
+                .flatten()
+                .map(|r| {
+                    Records::Shared(vec![
+                        Bytes::from_static(&r[..r.len().min(1)]),
+                        Bytes::from_static(&r[r.len().min(1)..]),
+                    ])
+                })
+                .collect();
             let frame = encode_fetch(version, 42, response(&parts), records).unwrap();
             assert_eq!(join(&frame), plain.to_vec(), "version {version}");
             assert!(frame.pieces.len() > 1, "version {version}: records were spliced, not copied");

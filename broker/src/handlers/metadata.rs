@@ -29,8 +29,16 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let node = BrokerId(broker.config.node_id);
     // Clients that ask (v8+) get the operations they may perform, not the "omitted" marker:
     // kafka-python fails on the marker when it asked for them.
-    let topic_ops = if req.include_topic_authorized_operations { TOPIC_OPERATIONS_ALL } else { AUTHORIZED_OPERATIONS_OMITTED };
-    let cluster_ops = if req.include_cluster_authorized_operations { CLUSTER_OPERATIONS_ALL } else { AUTHORIZED_OPERATIONS_OMITTED };
+    let topic_ops = if req.include_topic_authorized_operations {
+        TOPIC_OPERATIONS_ALL
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
+    let cluster_ops = if req.include_cluster_authorized_operations {
+        CLUSTER_OPERATIONS_ALL
+    } else {
+        AUTHORIZED_OPERATIONS_OMITTED
+    };
     let mut topics = Vec::new();
     match req.topics {
         None => {

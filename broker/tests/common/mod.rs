@@ -56,7 +56,11 @@ impl BrokerProcess {
 
     /// Starts the process and waits until it is ready; on early exit, returns its log.
     fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let log_start = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .arg("--listen")
