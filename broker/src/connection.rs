@@ -13,10 +13,11 @@
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
 
+use crate::frame::Frame;
 use crate::handlers::{self, Outcome};
 use crate::server::Broker;
 
@@ -45,8 +46,8 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         while let Some(task) = queue_rx.next().await {
             let task: glommio::task::JoinHandle<Reply> = task;
             match task.await {
-                Some(Reply::Bytes(response)) => {
-                    if let Err(e) = writer.write_all(&response).await {
+                Some(Reply::Frame(response)) => {
+                    if let Err(e) = write_frame(&mut writer, &response).await {
                         tracing::debug!(target: "broker", error = %e, "write failed; closing");
                         break;
                     }
@@ -97,7 +98,7 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         let peer2 = peer.clone();
         let handle = glommio::spawn_local(async move {
             match AssertUnwindSafe(handlers::handle(&broker2, request, frame)).catch_unwind().await {
-                Ok(Outcome::Respond(bytes)) => Reply::Bytes(bytes),
+                Ok(Outcome::Respond(frame)) => Reply::Frame(frame),
                 Ok(Outcome::NoResponse) => Reply::Nothing,
                 Ok(Outcome::Close(reason)) => {
                     tracing::warn!(target: "broker", peer = %peer2, %reason, "closing connection");
@@ -136,9 +137,35 @@ async fn read_size(reader: &mut (impl futures::AsyncRead + Unpin)) -> std::io::R
     Ok(Some(i32::from_be_bytes(buf)))
 }
 
+/// Pieces below this size are gathered into one write; larger ones (record bytes) are written
+/// from where they are.
+const GATHER_BYTES_MAX: usize = 16 * 1024;
+
+/// Writes a response frame: small encoded pieces gathered into one buffer, record bytes
+/// straight from their own buffers, so TCP_NODELAY does not send a packet per piece.
+async fn write_frame<W: futures::AsyncWrite + Unpin>(writer: &mut W, frame: &Frame) -> std::io::Result<()> {
+    let mut gathered = bytes::BytesMut::new();
+    for piece in &frame.pieces {
+        let slice = piece.as_slice();
+        if slice.len() < GATHER_BYTES_MAX {
+            gathered.extend_from_slice(slice);
+            continue;
+        }
+        if !gathered.is_empty() {
+            writer.write_all(&gathered).await?;
+            gathered.clear();
+        }
+        writer.write_all(slice).await?;
+    }
+    if !gathered.is_empty() {
+        writer.write_all(&gathered).await?;
+    }
+    Ok(())
+}
+
 /// What the writer does for one request, in order.
 enum Reply {
-    Bytes(Bytes),
+    Frame(Frame),
     Nothing,
     Close,
 }

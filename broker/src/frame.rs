@@ -106,14 +106,15 @@ fn put_uvarint(out: &mut BytesMut, mut v: u64) {
 }
 
 /// Encodes a Fetch response whose partitions' records are given separately, in response order:
-/// `records[i]` belongs to the i-th partition (over all topics) whose `records` is `Some`.
+/// `records[i]` belongs to the i-th partition (over all topics) whose `records` is `Some` and
+/// not empty (its content is a placeholder). Empty records stay in the response as they are.
 pub fn encode_fetch(version: i16, correlation_id: i32, mut response: FetchResponse, records: Vec<Records>) -> anyhow::Result<Frame> {
     let flexible = version >= 12;
     let nonce = nonce();
     let mut index = 0;
     for t in response.responses.iter_mut() {
         for p in t.partitions.iter_mut() {
-            if p.records.is_some() {
+            if has_records(p) {
                 anyhow::ensure!(index < records.len(), "more partitions with records than records given");
                 p.records = Some(Bytes::copy_from_slice(&marker(&nonce, index)));
                 index += 1;
@@ -134,7 +135,7 @@ pub fn encode_fetch(version: i16, correlation_id: i32, mut response: FetchRespon
             let mut rest = records.into_iter();
             for t in response.responses.iter_mut() {
                 for p in t.partitions.iter_mut() {
-                    if p.records.is_some() {
+                    if has_records(p) {
                         p.records = Some(rest.next().expect("counted above").to_bytes());
                     }
                 }
@@ -147,6 +148,10 @@ pub fn encode_fetch(version: i16, correlation_id: i32, mut response: FetchRespon
             )?))
         }
     }
+}
+
+fn has_records(p: &kafka_protocol::messages::fetch_response::PartitionData) -> bool {
+    p.records.as_ref().is_some_and(|r| !r.is_empty())
 }
 
 fn splice(encoded: &Bytes, nonce: &[u8; 12], records: Vec<Records>, flexible: bool) -> Result<Frame, Vec<Records>> {
@@ -249,6 +254,7 @@ mod tests {
             let records = parts
                 .iter()
                 .flatten()
+                .filter(|r| !r.is_empty())
                 .map(|r| {
                     Records::Shared(vec![
                         Bytes::from_static(&r[..r.len().min(1)]),

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use shard::{Op, OpResult, ShardId, TopicPartition};
 
 use super::{decode_body, Request};
+use crate::frame::{self, Frame, Records};
 use crate::metadata::MetaStore;
 use crate::server::Broker;
 
@@ -32,7 +33,7 @@ struct Wanted {
     max_bytes: usize,
 }
 
-pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
+pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Frame> {
     let req: FetchRequest = decode_body(body, request.version)?;
     let meta = broker.meta.snapshot();
     let started = Instant::now();
@@ -92,57 +93,71 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         );
     }
 
+    let mut data: Vec<Option<Records>> = (0..wanted.len()).map(|_| None).collect();
     loop {
         let mut by_owner: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
         for (i, w) in wanted.iter().enumerate() {
             by_owner.entry(w.owner).or_default().push(i);
         }
-        let calls = by_owner.iter().map(|(&owner, idx)| {
-            let ops = idx
-                .iter()
-                .map(|&i| Op::Read {
-                    tp: wanted[i].tp.clone(),
-                    offset: wanted[i].offset,
-                    max_bytes: wanted[i].max_bytes.min(max_bytes).max(1),
-                })
-                .collect();
-            async move { (broker.router.call(owner, ops).await, idx) }
+        let read_max = |w: &Wanted| w.max_bytes.min(max_bytes).max(1);
+        let (wanted_ref, read_max) = (&wanted, &read_max);
+        // This shard's partitions are read in place and keep the O_DIRECT buffer; other
+        // shards' come back over the mesh as shared bytes.
+        let calls = by_owner.iter().map(|(&owner, idx)| async move {
+            let results: Vec<ReadOutcome> = if owner == broker.shard {
+                let reads = idx
+                    .iter()
+                    .map(|&i| read_local(broker, &wanted_ref[i].tp, wanted_ref[i].offset, read_max(&wanted_ref[i])));
+                futures::future::join_all(reads).await
+            } else {
+                let ops = idx
+                    .iter()
+                    .map(|&i| Op::Read {
+                        tp: wanted_ref[i].tp.clone(),
+                        offset: wanted_ref[i].offset,
+                        max_bytes: read_max(&wanted_ref[i]),
+                    })
+                    .collect();
+                match broker.router.call(owner, ops).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| match r {
+                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(vec![d.bytes])), offsets)),
+                            OpResult::Read(Err(e)) => Err(e),
+                            other => Err(shard::Error::UnknownPartition(format!("read answered with {other:?}"))),
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::debug!(target: "broker", shard = owner.0, error = %e, "fetch from another shard failed");
+                        idx.iter().map(|_| Err(shard::Error::ShardGone(owner.0))).collect()
+                    }
+                }
+            };
+            (results, idx)
         });
         let mut total = 0usize;
         let mut errors = false;
         for (results, idx) in futures::future::join_all(calls).await {
-            match results {
-                Ok(results) => {
-                    for (result, &i) in results.into_iter().zip(idx) {
-                        let w = &wanted[i];
-                        let answer = &mut responses[w.topic].partitions[w.partition];
-                        match result {
-                            OpResult::Read(Ok((data, offsets))) => {
-                                answer.error_code = 0;
-                                answer.high_watermark = offsets.durable_end as i64;
-                                answer.last_stable_offset = offsets.durable_end as i64;
-                                if request.version >= 5 {
-                                    answer.log_start_offset = offsets.log_start as i64;
-                                }
-                                answer.records = Some(data.map(|d| d.bytes).unwrap_or_default());
-                                total += answer.records.as_ref().map_or(0, |r| r.len());
-                            }
-                            OpResult::Read(Err(e)) => {
-                                crate::errors::log_if_serious(&e);
-                                answer.error_code = crate::errors::code(&e);
-                                answer.records = Some(Bytes::new());
-                                errors = true;
-                            }
-                            other => anyhow::bail!("read answered with {other:?}"),
+            for (result, &i) in results.into_iter().zip(idx) {
+                let w = &wanted[i];
+                let answer = &mut responses[w.topic].partitions[w.partition];
+                match result {
+                    Ok((records, offsets)) => {
+                        answer.error_code = 0;
+                        answer.high_watermark = offsets.durable_end as i64;
+                        answer.last_stable_offset = offsets.durable_end as i64;
+                        if request.version >= 5 {
+                            answer.log_start_offset = offsets.log_start as i64;
                         }
+                        total += records.as_ref().map_or(0, Records::len);
+                        data[i] = records;
                     }
-                }
-                Err(e) => {
-                    for &i in idx {
-                        let w = &wanted[i];
-                        responses[w.topic].partitions[w.partition].error_code = crate::errors::code(&e);
+                    Err(e) => {
+                        crate::errors::log_if_serious(&e);
+                        answer.error_code = crate::errors::code(&e);
+                        data[i] = None;
+                        errors = true;
                     }
-                    errors = true;
                 }
             }
         }
@@ -161,20 +176,33 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     // Keep whole partitions in request order within max_bytes; the first non-empty one always.
     let mut budget = max_bytes;
     let mut first = true;
-    for w in &wanted {
-        let answer = &mut responses[w.topic].partitions[w.partition];
-        let len = answer.records.as_ref().map_or(0, |r| r.len());
-        if len == 0 {
+    let mut spliced = Vec::new();
+    for (w, records) in wanted.iter().zip(data) {
+        let Some(records) = records.filter(|r| !r.is_empty()) else {
             continue;
-        }
+        };
+        let len = records.len();
         if first || len <= budget {
             budget = budget.saturating_sub(len);
             first = false;
-        } else {
-            answer.records = Some(Bytes::new());
+            // A non-empty placeholder marks where `encode_fetch` splices the records in.
+            responses[w.topic].partitions[w.partition].records = Some(Bytes::from_static(b"records"));
+            spliced.push(records);
         }
     }
-    Ok(Some(ResponseKind::Fetch(
-        FetchResponse::default().with_session_id(0).with_responses(responses),
-    )))
+    let response = FetchResponse::default().with_session_id(0).with_responses(responses);
+    frame::encode_fetch(request.version, request.header.correlation_id, response, spliced)
+}
+
+/// What one partition's read gave: its records (if any) and the log's offsets.
+type ReadOutcome = Result<(Option<Records>, iouring_storage::LogOffsets), shard::Error>;
+
+/// Reads a partition this shard owns, keeping the O_DIRECT read buffer for the response.
+async fn read_local(broker: &Broker, tp: &TopicPartition, offset: u64, max_bytes: usize) -> ReadOutcome {
+    let log = broker.partitions.get(tp).await?;
+    let read = log.read(offset, max_bytes).await.map_err(|source| shard::Error::Storage {
+        tp: tp.to_string(),
+        source,
+    })?;
+    Ok((read.map(|r| Records::Log(r.bytes)), log.offsets()))
 }

@@ -61,7 +61,7 @@ pub struct Request {
 
 /// What the connection does with a handled request.
 pub enum Outcome {
-    Respond(Bytes),
+    Respond(crate::frame::Frame),
     NoResponse,
     Close(String),
 }
@@ -110,11 +110,17 @@ pub fn parse(frame: &Bytes) -> Result<Request, String> {
 /// Runs the handler of one request and encodes its response frame.
 pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome {
     let mut body = frame.slice(request.body_start..);
+    if request.api_key == ApiKey::Fetch {
+        // Fetch builds its own frame, with record bytes spliced in rather than copied.
+        return match fetch::handle(broker, &request, &mut body).await {
+            Ok(frame) => Outcome::Respond(frame),
+            Err(e) => Outcome::Close(format!("{:?} v{}: {e:#}", request.api_key, request.version)),
+        };
+    }
     let result: anyhow::Result<Option<ResponseKind>> = match request.api_key {
         ApiKey::ApiVersions => api_versions::handle(broker, &request, &mut body),
         ApiKey::Metadata => metadata::handle(broker, &request, &mut body).await,
         ApiKey::Produce => produce::handle(broker, &request, &mut body).await,
-        ApiKey::Fetch => fetch::handle(broker, &request, &mut body).await,
         ApiKey::ListOffsets => list_offsets::handle(broker, &request, &mut body).await,
         ApiKey::CreateTopics => create_topics::handle(broker, &request, &mut body).await,
         ApiKey::DeleteTopics => delete_topics::handle(broker, &request, &mut body).await,
@@ -132,7 +138,7 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
             // ApiVersions always answers with a v0 header, and the fallback with a v0 body.
             let version = if request.api_versions_fallback { 0 } else { request.version };
             match encode(request.api_key, version, request.header.correlation_id, &response) {
-                Ok(bytes) => Outcome::Respond(bytes),
+                Ok(bytes) => Outcome::Respond(crate::frame::Frame::single(bytes)),
                 Err(e) => Outcome::Close(format!("encoding {:?} v{version} response: {e}", request.api_key)),
             }
         }
