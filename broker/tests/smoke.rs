@@ -51,3 +51,56 @@ fn kcat_round_trip_survives_a_clean_restart() {
     assert_eq!(again, expected, "data intact after restart");
     assert!(broker.problems().is_empty(), "warnings in the log: {:?}", broker.problems());
 }
+
+#[test]
+fn auto_creation_can_be_switched_off_and_the_default_partition_count_set() {
+    let off = BrokerProcess::start(&["--auto-create-topics", "false"]);
+    let listing = kcat(&["-L", "-b", &off.bootstrap(), "-t", "nosuch", "-J"], None);
+    assert!(listing.contains("\"error\":\"Broker: Unknown topic or partition\""), "{listing}");
+    assert!(!off.data_dir.join("nosuch-0").exists());
+
+    let on = BrokerProcess::start(&["--default-partitions", "3"]);
+    let listing = kcat(&["-L", "-b", &on.bootstrap(), "-t", "made", "-J"], None);
+    for p in 0..3 {
+        assert!(
+            listing.contains(&format!("{{\"partition\":{p},")),
+            "partition {p} missing: {listing}"
+        );
+    }
+    assert!(!listing.contains("{\"partition\":3,"), "{listing}");
+}
+
+#[test]
+fn configuration_comes_from_a_toml_file_and_a_bad_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    std::fs::write(&file, "default_partitions = 2\n[topic_defaults]\n\"retention.ms\" = 1000\n").unwrap();
+    let broker = BrokerProcess::start(&["--config", file.to_str().unwrap()]);
+    let listing = kcat(&["-L", "-b", &broker.bootstrap(), "-t", "fromfile", "-J"], None);
+    assert!(
+        listing.contains("{\"partition\":1,") && !listing.contains("{\"partition\":2,"),
+        "{listing}"
+    );
+
+    std::fs::write(&file, "no_such_key = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no_such_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args(["--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`listen`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
