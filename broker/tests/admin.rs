@@ -9,10 +9,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::BrokerProcess;
 
@@ -44,56 +43,16 @@ fn require_kafka_python() {
     );
 }
 
-/// Runs `python3 admin_test.py <bootstrap> <data dir> <case>` and panics with its output and the
-/// broker's log unless it exits 0 within `CASE_TIMEOUT`.
+/// Runs `python3 admin_test.py <bootstrap> <data dir> <case>` (see `common::run_python_case`).
 fn run_case(broker: &BrokerProcess, case: &str) {
     require_kafka_python();
-    assert!(Path::new(SCRIPT).exists(), "{SCRIPT} is missing");
-    let mut child = Command::new("python3")
-        .arg(SCRIPT)
-        .arg(broker.bootstrap())
-        .arg(&broker.data_dir)
-        .arg(case)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > CASE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let output = format!("--- stdout\n{stdout}--- stderr\n{stderr}--- broker log\n{}", broker.log());
-    match status {
-        None => panic!("admin case `{case}` still running after {CASE_TIMEOUT:?}; killed it\n{output}"),
-        Some(s) if !s.success() => panic!("admin case `{case}` failed with {s}\n{output}"),
-        Some(_) => {}
-    }
-    let problems = broker.problems();
-    assert!(
-        problems.is_empty(),
-        "admin case `{case}`: warnings in the broker log: {problems:#?}"
-    );
+    let bootstrap = broker.bootstrap();
+    let args = [
+        std::ffi::OsStr::new(&bootstrap),
+        broker.data_dir.as_os_str(),
+        std::ffi::OsStr::new(case),
+    ];
+    common::run_python_case(broker, SCRIPT, &args, case, CASE_TIMEOUT);
 }
 
 fn case(name: &str) {

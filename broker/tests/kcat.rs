@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -30,44 +30,8 @@ const FORMAT: &str = "%p|%o|%K|%k|%S|%s|%h\n";
 /// Runs kcat with `input` on stdin and returns its stdout; panics with its stderr if it fails
 /// or runs longer than `KCAT_TIMEOUT`.
 fn kcat(args: &[&str], input: Option<&str>) -> String {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (see scripts/ci-deps/10-kcat.sh)");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.unwrap_or("").to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > KCAT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    writer.join().unwrap();
-    let (stdout, stderr) = (
-        stdout.join().unwrap(),
-        String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
-    );
+    let run = common::run_client(Command::new("kcat").args(args), input.unwrap_or("").as_bytes(), KCAT_TIMEOUT);
+    let (status, stdout, stderr) = (run.status, run.stdout, String::from_utf8_lossy(&run.stderr).into_owned());
     match status {
         None => panic!("kcat {args:?} still running after {KCAT_TIMEOUT:?}; killed it. stderr:\n{stderr}"),
         Some(s) if !s.success() => panic!("kcat {args:?} failed with {s}:\n{stderr}"),

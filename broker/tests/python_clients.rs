@@ -8,10 +8,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::BrokerProcess;
 
@@ -20,54 +17,11 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/clients_test.py");
 
-/// Runs `python3 clients_test.py <bootstrap> <case>` and panics with its output (and the
-/// broker's log) unless it exits 0 within `CASE_TIMEOUT`.
+/// Runs `python3 clients_test.py <bootstrap> <case>` (see `common::run_python_case`).
 fn run_case(broker: &BrokerProcess, case: &str) {
-    assert!(Path::new(SCRIPT).exists(), "{SCRIPT} is missing");
-    let mut child = Command::new("python3")
-        .arg(SCRIPT)
-        .arg(broker.bootstrap())
-        .arg(case)
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 is installed (see scripts/ci-deps/20-kafka-python.sh)");
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            String::from_utf8_lossy(&out).into_owned()
-        })
-    };
-    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
-    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > CASE_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    let output = format!("--- stdout\n{stdout}--- stderr\n{stderr}--- broker log\n{}", broker.log());
-    match status {
-        None => panic!("kafka-python case `{case}` still running after {CASE_TIMEOUT:?}; killed it\n{output}"),
-        Some(s) if !s.success() => panic!("kafka-python case `{case}` failed with {s}\n{output}"),
-        Some(_) => {}
-    }
-    let problems = broker.problems();
-    assert!(
-        problems.is_empty(),
-        "kafka-python case `{case}`: warnings in the broker log: {problems:#?}"
-    );
+    let bootstrap = broker.bootstrap();
+    let args = [std::ffi::OsStr::new(&bootstrap), std::ffi::OsStr::new(case)];
+    common::run_python_case(broker, SCRIPT, &args, case, CASE_TIMEOUT);
 }
 
 /// One broker per case, so a failure names its case and cases run in parallel.

@@ -162,3 +162,80 @@ impl Drop for BrokerProcess {
         self.kill();
     }
 }
+
+/// How a client process run by a test ended.
+pub struct ClientRun {
+    /// `None` if it ran past its time limit and was killed.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `command` with `input` on stdin, collecting its output, and kills it after `timeout`.
+pub fn run_client(command: &mut Command, input: &[u8], timeout: Duration) -> ClientRun {
+    use std::io::{Read, Write};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?} (see scripts/ci-deps/): {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    ClientRun {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Runs `python3 <script> <args...>` against `broker` and panics with the script's output and
+/// the broker's log unless it exits 0 within `timeout`, or if the broker logged a warning.
+pub fn run_python_case(broker: &BrokerProcess, script: &str, args: &[&std::ffi::OsStr], case: &str, timeout: Duration) {
+    assert!(Path::new(script).exists(), "{script} is missing");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let run = run_client(&mut command, b"", timeout);
+    let output = format!(
+        "--- stdout\n{}--- stderr\n{}--- broker log\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        broker.log()
+    );
+    match run.status {
+        None => panic!("case `{case}` still running after {timeout:?}; killed it\n{output}"),
+        Some(s) if !s.success() => panic!("case `{case}` failed with {s}\n{output}"),
+        Some(_) => {}
+    }
+    let problems = broker.problems();
+    assert!(problems.is_empty(), "case `{case}`: warnings in the broker log: {problems:#?}");
+}
