@@ -13,3 +13,10 @@ pub const WAIT_DATA_MAX: Duration = Duration::from_secs(60);
 
 /// Most partitions one shard owns. Each holds at least one write buffer.
 pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
+
+/// Bytes of recently appended batches one shard keeps to serve tailing consumers without disk
+/// I/O (see `batch_cache.rs`). Sized to hold a few seconds of a busy core's produce traffic, so
+/// a consumer keeping up never reads the disk, while staying small beside the core's share of
+/// memory. Charged per batch length plus a fixed overhead; a lower bound of what it keeps
+/// alive, since a cached batch shares its produce request's frame.
+pub const BATCH_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;

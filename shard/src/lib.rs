@@ -7,6 +7,7 @@
 //! Architecture invariant: this crate does not know the Kafka wire protocol; it moves record
 //! batches and offsets. The broker maps them to Kafka requests and error codes.
 
+mod batch_cache;
 pub mod constants;
 mod error;
 mod mesh;
@@ -16,8 +17,9 @@ pub mod placement;
 mod runtime;
 mod topic_partition;
 
+pub use batch_cache::BatchCacheStats;
 pub use error::{Error, Result};
 pub use ops::{Op, OpResult, ReadData};
-pub use partitions::{LogConfigProvider, Partitions};
+pub use partitions::{LocalRead, LogConfigProvider, Partitions};
 pub use runtime::{start, Router, RuntimeConfig, ShardContext, ShardSet};
 pub use topic_partition::{ShardId, TopicPartition};

@@ -63,12 +63,40 @@ pub enum Op {
     },
 }
 
-/// Bytes read from a partition.
+/// Whole batches read from a partition, as chunks to send in order: one chunk for a read
+/// from the log, two per batch for one served by the batch cache (the stamped header prefix
+/// and the rest of the producer's bytes), so cache hits cross shards without a copy.
 #[derive(Debug, Clone)]
 pub struct ReadData {
-    pub bytes: Bytes,
+    pub chunks: Vec<Bytes>,
     pub first_offset: u64,
     pub next_offset: u64,
+}
+
+impl ReadData {
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batches in one buffer: free for one chunk, a copy otherwise. For callers that
+    /// parse the bytes rather than send them.
+    pub fn contiguous(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            chunks => {
+                let mut joined = Vec::with_capacity(self.len());
+                for c in chunks {
+                    joined.extend_from_slice(c);
+                }
+                Bytes::from(joined)
+            }
+        }
+    }
 }
 
 /// The result of one `Op`, in the same position as the op.

@@ -1,5 +1,5 @@
-//! One shard's partitions: opening logs on first use, executing ops on them, and
-//! background housekeeping (retention).
+//! One shard's partitions: opening logs on first use, executing ops on them, the batch cache
+//! that serves tailing reads, and background housekeeping (retention).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, select_all, FutureExt};
 use glommio::sync::Semaphore;
-use iouring_storage::{LogConfig, PartitionLog};
+use iouring_storage::{LogConfig, LogOffsets, PartitionLog, ReadBatches};
 
-use crate::constants::{PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
+use crate::batch_cache::{BatchCache, BatchCacheStats};
+use crate::constants::{BATCH_CACHE_BYTES_MAX, PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
 use crate::ops::{Op, OpResult, ReadData};
 use crate::{Error, Result, ShardId, TopicPartition};
 
@@ -32,10 +33,25 @@ pub struct Partitions {
     /// Per partition, the end of the chain of appends: the receiver the next append waits on
     /// before it starts (see `append`).
     append_tails: RefCell<HashMap<TopicPartition, oneshot::Receiver<()>>>,
+    /// Recently appended batches of every partition here, for reads at the tail.
+    cache: BatchCache,
+}
+
+/// A read of a partition this shard owns.
+#[derive(Debug)]
+pub enum LocalRead {
+    /// Served by the batch cache, without disk I/O.
+    Cached(ReadData),
+    /// Read from the log: the O_DIRECT buffer itself, which cannot leave this thread.
+    Log(ReadBatches),
 }
 
 impl Partitions {
     pub(crate) fn new(shard: ShardId, data_dir: PathBuf, provider: LogConfigProvider) -> Self {
+        Self::with_cache_bytes_max(shard, data_dir, provider, BATCH_CACHE_BYTES_MAX)
+    }
+
+    pub(crate) fn with_cache_bytes_max(shard: ShardId, data_dir: PathBuf, provider: LogConfigProvider, cache_bytes_max: usize) -> Self {
         Partitions {
             shard,
             data_dir,
@@ -43,7 +59,13 @@ impl Partitions {
             logs: RefCell::new(HashMap::new()),
             open_lock: Semaphore::new(1),
             append_tails: RefCell::new(HashMap::new()),
+            cache: BatchCache::new(cache_bytes_max),
         }
+    }
+
+    /// Hits, misses and size of this shard's batch cache.
+    pub fn batch_cache_stats(&self) -> BatchCacheStats {
+        self.cache.stats()
     }
 
     /// The open log of `tp`, opening (and recovering) it on first use.
@@ -80,6 +102,30 @@ impl Partitions {
 
     /// Runs one op against this shard's partitions.
     pub async fn execute(&self, op: Op) -> OpResult {
+        // Any op that may change a log other than by appending (truncation, deletion, a new
+        // config, and whatever comes later) makes its cached batches suspect: they are
+        // forgotten before it starts and again once it is done, together with any append that
+        // went in meanwhile.
+        let changes_log = match &op {
+            Op::Append { .. }
+            | Op::Read { .. }
+            | Op::Offsets { .. }
+            | Op::FindTimestamp { .. }
+            | Op::MaxTimestamp { .. }
+            | Op::WaitData { .. } => None,
+            Op::Drop { tp } | Op::Reconfigure { tp } | Op::DeleteRecords { tp, .. } => Some(tp.clone()),
+        };
+        if let Some(tp) = &changes_log {
+            self.cache.remove(tp);
+        }
+        let result = self.execute_op(op).await;
+        if let Some(tp) = &changes_log {
+            self.cache.remove(tp);
+        }
+        result
+    }
+
+    async fn execute_op(&self, op: Op) -> OpResult {
         match op {
             Op::Append {
                 tp,
@@ -142,6 +188,8 @@ impl Partitions {
             source,
         };
         let info = log.append(&batch, leader_epoch, now_ms).await.map_err(storage)?;
+        // Still in line, so the cache sees this partition's batches in offset order.
+        self.cache.insert(tp, batch, info.base_offset, info.last_offset, leader_epoch);
         // The offsets are assigned: the next append may go while this one waits for the disk.
         drop(my_turn_done);
         if durable {
@@ -159,19 +207,40 @@ impl Partitions {
         Ok((info, log.offsets()))
     }
 
-    async fn read(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<ReadData>, iouring_storage::LogOffsets)> {
+    /// Whole durable batches of `tp` from `offset`, up to `max_bytes` (the first batch whole),
+    /// as `PartitionLog::read` gives them: from the batch cache when it holds the batch
+    /// containing `offset`, else from the log.
+    pub async fn read_local(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<LocalRead>, LogOffsets)> {
         let log = self.get(tp).await?;
+        let offsets = log.offsets();
+        let max_bytes = max_bytes.clamp(1, iouring_storage::constants::READ_BYTES_MAX);
+        if let Some(hit) = self.cache.read(tp, offset, max_bytes, offsets) {
+            let data = ReadData {
+                chunks: hit.chunks,
+                first_offset: hit.first_offset,
+                next_offset: hit.next_offset,
+            };
+            return Ok((Some(LocalRead::Cached(data)), offsets));
+        }
         let read = log.read(offset, max_bytes).await.map_err(|source| Error::Storage {
             tp: tp.to_string(),
             source,
         })?;
-        // Results cross threads; the O_DIRECT buffer does not, so it is copied once here.
-        let data = read.map(|r| ReadData {
-            bytes: Bytes::copy_from_slice(&r.bytes),
-            first_offset: r.first_offset,
-            next_offset: r.next_offset,
+        Ok((read.map(LocalRead::Log), log.offsets()))
+    }
+
+    async fn read(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<ReadData>, LogOffsets)> {
+        let (read, offsets) = self.read_local(tp, offset, max_bytes).await?;
+        let data = read.map(|r| match r {
+            LocalRead::Cached(data) => data,
+            // Results cross threads; the O_DIRECT buffer does not, so it is copied once here.
+            LocalRead::Log(r) => ReadData {
+                chunks: vec![Bytes::copy_from_slice(&r.bytes)],
+                first_offset: r.first_offset,
+                next_offset: r.next_offset,
+            },
         });
-        Ok((data, log.offsets()))
+        Ok((data, offsets))
     }
 
     async fn wait_data(&self, watches: Vec<(TopicPartition, u64)>, timeout: Duration) {
@@ -247,11 +316,13 @@ impl Partitions {
             if let Err(e) = log.enforce_retention(now_ms).await {
                 tracing::warn!(target: "shard", %tp, error = %e, "retention failed");
             }
+            self.cache.discard_below(&tp, log.offsets().log_start);
         }
     }
 
     /// Commits and closes every log (clean shutdown).
     pub async fn close_all(&self) {
+        self.cache.clear();
         let logs: Vec<(TopicPartition, PartitionLog)> = self.logs.borrow_mut().drain().collect();
         for (tp, log) in logs {
             if let Err(e) = log.close().await {
@@ -350,6 +421,125 @@ mod tests {
             ));
             assert!(!data_dir.join("t-0").exists());
             assert!(parts.open_partitions().is_empty());
+        });
+    }
+
+    fn read_op(tp: &TopicPartition, offset: u64, max_bytes: usize) -> Op {
+        Op::Read {
+            tp: tp.clone(),
+            offset,
+            max_bytes,
+        }
+    }
+
+    async fn read_data(parts: &Partitions, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Option<ReadData> {
+        match parts.execute(read_op(tp, offset, max_bytes)).await {
+            OpResult::Read(Ok((data, _))) => data,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tailing_reads_come_from_the_batch_cache_byte_for_byte_as_the_log_stores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let provider: LogConfigProvider = Arc::new(|tp: &TopicPartition| (tp.topic == "t").then(small_config));
+            let parts = Partitions::new(ShardId(0), data_dir, provider);
+            let tp = TopicPartition::new("t", 0);
+            for i in 0..10 {
+                let mut batch = iouring_storage::testing::build_batch(3, 500, i, i);
+                // What a producer leaves in the fields the log stamps.
+                batch[0..8].copy_from_slice(&[0xEE; 8]);
+                batch[12..16].copy_from_slice(&[0x77; 4]);
+                let durable = i % 2 == 0;
+                let (info, _) = parts.append(&tp, Bytes::from(batch), 5, 0, durable).await.unwrap();
+                assert_eq!(info.base_offset, i as u64 * 3);
+            }
+            let log = parts.get(&tp).await.unwrap();
+            log.wait_durable(30).await.unwrap();
+            let before = parts.batch_cache_stats();
+            assert_eq!((before.entries, before.hits, before.misses), (10, 0, 0));
+
+            // A consumer at offset 7 (inside the third batch), read twice, and a local read.
+            let from_log = log.read(7, 4000).await.unwrap().unwrap();
+            for _ in 0..2 {
+                let cached = read_data(&parts, &tp, 7, 4000).await.unwrap();
+                assert_eq!(cached.contiguous(), &from_log.bytes[..], "stamped exactly as stored");
+                assert_eq!(
+                    (cached.first_offset, cached.next_offset),
+                    (from_log.first_offset, from_log.next_offset)
+                );
+                assert!(cached.chunks.len() > 1, "served as shared chunks, not a copy of the log");
+            }
+            let (local, offsets) = parts.read_local(&tp, 29, 1).await.unwrap();
+            assert_eq!(offsets.durable_end, 30);
+            let Some(LocalRead::Cached(last)) = local else {
+                panic!("{local:?}")
+            };
+            assert_eq!(last.contiguous(), &log.read(29, 1).await.unwrap().unwrap().bytes[..]);
+            // At the durable end there is nothing to serve, from the cache or the log.
+            assert!(read_data(&parts, &tp, 30, 4000).await.is_none());
+            let after = parts.batch_cache_stats();
+            assert_eq!((after.hits, after.misses), (3, 0));
+
+            // Anything that changes the log other than an append drops its cached batches;
+            // reads go to the log and still see the same bytes.
+            match parts
+                .execute(Op::DeleteRecords {
+                    tp: tp.clone(),
+                    before: Some(3),
+                })
+                .await
+            {
+                OpResult::RecordsDeleted(Ok(o)) => assert_eq!(o.log_start, 3),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(parts.batch_cache_stats().entries, 0);
+            let from_disk = read_data(&parts, &tp, 7, 4000).await.unwrap();
+            assert_eq!(from_disk.chunks.len(), 1);
+            assert_eq!(from_disk.contiguous(), &from_log.bytes[..]);
+            assert_eq!(parts.batch_cache_stats().misses, 1);
+
+            // New appends are cached again; a dropped partition leaves nothing behind.
+            let batch = Bytes::from(iouring_storage::testing::build_batch(1, 10, 0, 0));
+            parts.append(&tp, batch, 5, 0, true).await.unwrap();
+            assert!(read_data(&parts, &tp, 30, 4000).await.unwrap().chunks.len() == 2);
+            assert_eq!(parts.batch_cache_stats().hits, 4);
+            assert!(matches!(
+                parts.execute(Op::Drop { tp: tp.clone() }).await,
+                OpResult::Dropped(Ok(()))
+            ));
+            assert_eq!(parts.batch_cache_stats().entries, 0);
+        });
+    }
+
+    #[test]
+    fn the_cache_budget_bounds_memory_and_old_data_comes_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let provider: LogConfigProvider = Arc::new(|_: &TopicPartition| Some(small_config()));
+            let parts = Partitions::with_cache_bytes_max(ShardId(0), data_dir, provider, 16 * 1024);
+            let (a, b) = (TopicPartition::new("a", 0), TopicPartition::new("b", 0));
+            for i in 0..20 {
+                for tp in [&a, &b] {
+                    let batch = Bytes::from(iouring_storage::testing::build_batch(1, 1000, i, i));
+                    parts.append(tp, batch, 0, 0, true).await.unwrap();
+                }
+                assert!(parts.batch_cache_stats().bytes <= 16 * 1024);
+            }
+            let stats = parts.batch_cache_stats();
+            assert!(stats.entries > 2 && stats.entries < 40, "{stats:?}");
+            for tp in [&a, &b] {
+                let log = parts.get(tp).await.unwrap();
+                for offset in [0, 19] {
+                    let read = read_data(&parts, tp, offset, 1 << 20).await.unwrap();
+                    assert_eq!(read.contiguous(), &log.read(offset, 1 << 20).await.unwrap().unwrap().bytes[..]);
+                }
+            }
+            let stats = parts.batch_cache_stats();
+            assert_eq!((stats.hits, stats.misses), (2, 2), "old data from the log, the tail from the cache");
         });
     }
 }

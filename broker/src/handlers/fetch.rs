@@ -13,7 +13,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
-use shard::{Op, OpResult, ShardId, TopicPartition};
+use shard::{LocalRead, Op, OpResult, ShardId, TopicPartition};
 
 use super::{decode_body, Request};
 use crate::frame::{self, Frame, Records};
@@ -101,8 +101,8 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         }
         let read_max = |w: &Wanted| w.max_bytes.min(max_bytes).max(1);
         let (wanted_ref, read_max) = (&wanted, &read_max);
-        // This shard's partitions are read in place and keep the O_DIRECT buffer; other
-        // shards' come back over the mesh as shared bytes.
+        // This shard's partitions are read in place (from the batch cache, or keeping the
+        // O_DIRECT buffer); other shards' come back over the mesh as shared bytes.
         let calls = by_owner.iter().map(|(&owner, idx)| async move {
             let results: Vec<ReadOutcome> = if owner == broker.shard {
                 let reads = idx
@@ -122,7 +122,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                     Ok(results) => results
                         .into_iter()
                         .map(|r| match r {
-                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(vec![d.bytes])), offsets)),
+                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(d.chunks)), offsets)),
                             OpResult::Read(Err(e)) => Err(e),
                             other => Err(shard::Error::UnknownPartition(format!("read answered with {other:?}"))),
                         })
@@ -197,12 +197,13 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
 /// What one partition's read gave: its records (if any) and the log's offsets.
 type ReadOutcome = Result<(Option<Records>, iouring_storage::LogOffsets), shard::Error>;
 
-/// Reads a partition this shard owns, keeping the O_DIRECT read buffer for the response.
+/// Reads a partition this shard owns: from the shard's batch cache when it holds the data
+/// (shared, no disk I/O), else keeping the O_DIRECT read buffer for the response.
 async fn read_local(broker: &Broker, tp: &TopicPartition, offset: u64, max_bytes: usize) -> ReadOutcome {
-    let log = broker.partitions.get(tp).await?;
-    let read = log.read(offset, max_bytes).await.map_err(|source| shard::Error::Storage {
-        tp: tp.to_string(),
-        source,
-    })?;
-    Ok((read.map(|r| Records::Log(r.bytes)), log.offsets()))
+    let (read, offsets) = broker.partitions.read_local(tp, offset, max_bytes).await?;
+    let records = read.map(|r| match r {
+        LocalRead::Cached(data) => Records::Shared(data.chunks),
+        LocalRead::Log(r) => Records::Log(r.bytes),
+    });
+    Ok((records, offsets))
 }

@@ -89,7 +89,7 @@ async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, time
     })
     .await?
     {
-        OpResult::Read(Ok((Some(d), _))) => d.bytes,
+        OpResult::Read(Ok((Some(d), _))) => d.contiguous(),
         OpResult::Read(Ok((None, _))) => return Ok((-1, -1)),
         OpResult::Read(Err(e)) => return Err(crate::errors::code(&e)),
         _ => return Err(ResponseError::UnknownServerError.code()),
