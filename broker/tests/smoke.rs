@@ -93,6 +93,14 @@ fn configuration_comes_from_a_toml_file_and_a_bad_key_is_named() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Environment variables are read too, and a bad one names its key as well.
+    let out = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .env("BROKER_DEFAULT_PARTITIONS", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`default_partitions`"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_broker"))
         .args(["--listen", "not-an-address"])
         .output()
