@@ -291,6 +291,9 @@ impl Partitions {
         // went) finishes first, so its log is closed here and never outlives its directory.
         let _permit = self.open_lock.acquire_permit(1).await.map_err(|_| Error::ShardGone(self.shard.0))?;
         let log = self.logs.borrow_mut().remove(tp);
+        // The partition's place in the append order goes too (an append still in flight
+        // keeps its own sender; a later one starts a fresh chain).
+        self.append_tails.borrow_mut().remove(tp);
         if let Some(log) = log {
             let _ = log.close().await;
         }
