@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub request_bytes_max: Option<usize>,
     pub requests_in_flight_max: Option<usize>,
     pub connections_max: Option<usize>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub fetch_bytes_max: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub log_format: Option<String>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
@@ -77,6 +79,12 @@ pub struct Config {
     /// Requests one connection may have in flight before the broker stops reading from it.
     pub requests_in_flight_max: usize,
     pub connections_max: usize,
+    /// A connection that sends nothing for this long is closed (`connections.max.idle.ms`),
+    /// also in the middle of a frame.
+    pub connections_max_idle_ms: u64,
+    /// Most record bytes one fetch response carries, whatever the client asks
+    /// (`fetch.max.bytes`).
+    pub fetch_bytes_max: usize,
     pub retention_check_interval_ms: u64,
     pub log_json: bool,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
@@ -158,6 +166,14 @@ impl Config {
         if connections_max == 0 {
             return Err(bad("connections_max", "must be positive"));
         }
+        let connections_max_idle_ms = file.connections_max_idle_ms.unwrap_or(600_000);
+        if connections_max_idle_ms < 100 {
+            return Err(bad("connections_max_idle_ms", "must be at least 100"));
+        }
+        let fetch_bytes_max = file.fetch_bytes_max.unwrap_or(55 * 1024 * 1024);
+        if !(1024..=1024 * 1024 * 1024).contains(&fetch_bytes_max) {
+            return Err(bad("fetch_bytes_max", "must be between 1 KiB and 1 GiB"));
+        }
         let log_format = flags.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
         let log_json = match log_format.as_str() {
             "text" => false,
@@ -188,6 +204,8 @@ impl Config {
             request_bytes_max,
             requests_in_flight_max,
             connections_max,
+            connections_max_idle_ms,
+            fetch_bytes_max,
             retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
             log_json,
             topic_defaults,

@@ -38,6 +38,11 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         tracing::warn!(target: "broker", %peer, error = %e, "cannot set TCP_NODELAY");
     }
     tracing::debug!(target: "broker", %peer, "connection opened");
+    // An idle client, or one that stops halfway through a frame, is closed after the idle limit.
+    let idle = std::time::Duration::from_millis(broker.config.connections_max_idle_ms);
+    if let Err(e) = stream.set_read_timeout(Some(idle)) {
+        tracing::warn!(target: "broker", %peer, error = %e, "cannot set the idle timeout");
+    }
     let (mut reader, mut writer) = stream.split();
     let (queue_tx, queue_rx) = glommio::channels::local_channel::new_bounded(broker.config.requests_in_flight_max);
     // Its own task, whose panic would end the executor like any other: caught too.
@@ -71,6 +76,8 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     tracing::info!(target: "broker", %peer, "connection closed mid-request (in the size prefix)");
+                } else if e.kind() == std::io::ErrorKind::TimedOut {
+                    tracing::info!(target: "broker", %peer, idle_ms = broker.config.connections_max_idle_ms, "idle connection closed");
                 } else {
                     tracing::debug!(target: "broker", %peer, error = %e, "read failed");
                 }

@@ -39,12 +39,7 @@ fn run() -> anyhow::Result<()> {
             "vm.overcommit_memory is 2 (strict): a request declaring a huge array can make an allocation fail and abort the broker"
         );
     }
-    // Shards bind with SO_REUSEPORT, which would silently share the port with another broker
-    // already listening there. A plain bind first tells the two apart.
-    match std::net::TcpListener::bind(config.listen) {
-        Ok(probe) => drop(probe),
-        Err(e) => anyhow::bail!("cannot listen on {}: {e} (is another broker running there?)", config.listen),
-    }
+    check_port_free(config.listen)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let meta = MetaStore::open(&config.data_dir, config.shards, config.topic_defaults.clone()).context("opening cluster metadata")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -94,4 +89,39 @@ fn run() -> anyhow::Result<()> {
     shards.join().context("a shard failed")?;
     tracing::info!(target: "broker", "broker stopped");
     Ok(())
+}
+
+/// How long start-up waits for a listener on its port to go away. A broker that has just died
+/// keeps its listening socket a little longer, while the kernel tears down its io_uring rings.
+const PORT_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// Fails if another process listens on `listen`. Shards bind with SO_REUSEPORT, which would
+/// silently share the port with another broker already listening there, so a plain bind
+/// (SO_REUSEADDR) goes first. It also fails while connections of a broker that just stopped or
+/// died hold the port in TIME_WAIT: they inherited SO_REUSEPORT, not SO_REUSEADDR, from its
+/// listeners, so only a socket with SO_REUSEPORT, as the shards' are, may bind over them. A
+/// refused connection tells those leftovers from a live listener; anything else (an accept, a
+/// timeout behind a full backlog) counts as one, until `PORT_WAIT_MAX` has passed.
+fn check_port_free(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let deadline = std::time::Instant::now() + PORT_WAIT_MAX;
+    loop {
+        let e = match std::net::TcpListener::bind(listen) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if e.kind() != std::io::ErrorKind::AddrInUse || std::time::Instant::now() >= deadline {
+            anyhow::bail!("cannot listen on {listen}: {e} (is another broker running there?)");
+        }
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+            Err(refused) if refused.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

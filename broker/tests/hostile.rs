@@ -604,3 +604,22 @@ fn hostile_records_inside_valid_batches_stay_bounded() {
     assert_serves(&mut b);
     assert_no_panic_or_error(&b);
 }
+
+#[test]
+fn idle_and_stalled_connections_are_closed_after_the_idle_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, "connections_max_idle_ms = 300\n").unwrap();
+    let mut b = BrokerProcess::start(&["--config", config.to_str().unwrap()]);
+    // One client sends nothing at all, another stops halfway through a frame.
+    let mut idle = Conn::open(&b);
+    let mut stalled = Conn::open(&b);
+    stalled.send_raw(&raw_frame(100, &[0u8; 10]));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(idle.closed_by_broker(), "an idle connection outlived the idle limit");
+    assert!(stalled.closed_by_broker(), "a stalled frame kept its connection");
+    assert_logged(&b, "idle connection closed");
+    assert_logged(&b, "connection closed mid-request");
+    assert_serves(&mut b);
+    assert_no_panic_or_error(&b);
+}

@@ -39,7 +39,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let started = Instant::now();
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize };
+    let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize }.min(broker.config.fetch_bytes_max);
 
     let mut responses = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
