@@ -58,29 +58,16 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 .with_partitions(partitions),
         );
     }
-    let calls = by_owner
-        .into_iter()
-        .map(|(owner, (ops, slots))| async move { (broker.router.call(owner, ops).await, slots) });
-    for (results, slots) in futures::future::join_all(calls).await {
-        match results {
-            Ok(results) => {
-                for (result, slot) in results.into_iter().zip(slots) {
-                    let answer = &mut topics[slot.topic].partitions[slot.partition];
-                    match result {
-                        OpResult::RecordsDeleted(Ok(offsets)) => answer.low_watermark = offsets.log_start as i64,
-                        OpResult::RecordsDeleted(Err(e)) => {
-                            crate::errors::log_if_serious(&e);
-                            answer.error_code = crate::errors::code(&e);
-                        }
-                        other => anyhow::bail!("delete records answered with {other:?}"),
-                    }
-                }
+    for (slot, result) in super::call_owners(broker, by_owner).await {
+        let answer = &mut topics[slot.topic].partitions[slot.partition];
+        match result {
+            Ok(OpResult::RecordsDeleted(Ok(offsets))) => answer.low_watermark = offsets.log_start as i64,
+            Ok(OpResult::RecordsDeleted(Err(e))) => {
+                crate::errors::log_if_serious(&e);
+                answer.error_code = crate::errors::code(&e);
             }
-            Err(e) => {
-                for slot in slots {
-                    topics[slot.topic].partitions[slot.partition].error_code = crate::errors::code(&e);
-                }
-            }
+            Ok(other) => anyhow::bail!("delete records answered with {other:?}"),
+            Err(code) => answer.error_code = code,
         }
     }
     Ok(Some(ResponseKind::DeleteRecords(

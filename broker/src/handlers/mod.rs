@@ -18,9 +18,9 @@ mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseKind};
+use kafka_protocol::protocol::Decodable;
 
 use crate::server::Broker;
 
@@ -148,16 +148,28 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
 }
 
 /// Size prefix, response header, body.
-pub fn encode(api_key: ApiKey, version: i16, correlation_id: i32, response: &ResponseKind) -> anyhow::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(256);
-    buf.extend_from_slice(&[0u8; 4]);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
-        .encode(&mut buf, api_key.response_header_version(version))?;
-    response.encode(&mut buf, version)?;
-    let size = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+pub use crate::frame::encode_plain as encode;
+
+/// Ops grouped by owner shard, each with the slot its answer goes to.
+pub(crate) type ByOwner<S> = std::collections::BTreeMap<shard::ShardId, (Vec<shard::Op>, Vec<S>)>;
+
+/// Sends every owner its ops (one mesh message each, all at once) and pairs each result with
+/// its slot. A call that fails answers each of its slots with that failure's Kafka error code.
+pub(crate) async fn call_owners<S>(broker: &Broker, by_owner: ByOwner<S>) -> Vec<(S, Result<shard::OpResult, i16>)> {
+    let calls = by_owner
+        .into_iter()
+        .map(|(owner, (ops, slots))| async move { (broker.router.call(owner, ops).await, slots) });
+    let mut answers = Vec::new();
+    for (results, slots) in futures::future::join_all(calls).await {
+        match results {
+            Ok(results) => answers.extend(slots.into_iter().zip(results.into_iter().map(Ok))),
+            Err(e) => {
+                let code = crate::errors::code(&e);
+                answers.extend(slots.into_iter().map(|s| (s, Err(code))));
+            }
+        }
+    }
+    answers
 }
 
 /// Decodes a request body, refusing trailing bytes (a sign of a mis-framed request).
@@ -194,11 +206,11 @@ pub(crate) fn assert_encodes_at(key: ApiKey, version: i16, build: impl Fn(i16) -
     let response = build(version);
     let frame = encode(key, version, 7, &response).unwrap_or_else(|e| panic!("{key:?} v{version} does not encode: {e:#}"));
     let mut body = frame.slice(4..);
-    let header = ResponseHeader::decode(&mut body, key.response_header_version(version)).expect("header decodes");
+    let header = kafka_protocol::messages::ResponseHeader::decode(&mut body, key.response_header_version(version)).expect("header decodes");
     assert_eq!(header.correlation_id, 7);
     let decoded = ResponseKind::decode(key, &mut body, version).unwrap_or_else(|e| panic!("{key:?} v{version} does not decode: {e:#}"));
     assert!(!body.has_remaining(), "{key:?} v{version}: bytes left after the body");
-    let mut again = BytesMut::new();
+    let mut again = bytes::BytesMut::new();
     decoded.encode(&mut again, version).expect("re-encodes");
     assert_eq!(&again[..], &frame[frame.len() - again.len()..], "{key:?} v{version} round trip");
 }

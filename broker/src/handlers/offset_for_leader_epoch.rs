@@ -83,28 +83,15 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 .with_partitions(partitions),
         );
     }
-    let calls = by_owner
-        .into_iter()
-        .map(|(owner, (ops, slots))| async move { (broker.router.call(owner, ops).await, slots) });
-    for (results, slots) in futures::future::join_all(calls).await {
-        match results {
-            Ok(results) => {
-                for (result, slot) in results.into_iter().zip(slots) {
-                    let answer = &mut topics[slot.topic].partitions[slot.partition];
-                    match result {
-                        OpResult::Offsets(Ok(offsets)) => {
-                            (answer.leader_epoch, answer.end_offset) = end_of(slot.leader_epoch, offsets.durable_end);
-                        }
-                        OpResult::Offsets(Err(e)) => answer.error_code = crate::errors::code(&e),
-                        other => anyhow::bail!("offsets answered with {other:?}"),
-                    }
-                }
+    for (slot, result) in super::call_owners(broker, by_owner).await {
+        let answer = &mut topics[slot.topic].partitions[slot.partition];
+        match result {
+            Ok(OpResult::Offsets(Ok(offsets))) => {
+                (answer.leader_epoch, answer.end_offset) = end_of(slot.leader_epoch, offsets.durable_end);
             }
-            Err(e) => {
-                for slot in slots {
-                    topics[slot.topic].partitions[slot.partition].error_code = crate::errors::code(&e);
-                }
-            }
+            Ok(OpResult::Offsets(Err(e))) => answer.error_code = crate::errors::code(&e),
+            Ok(other) => anyhow::bail!("offsets answered with {other:?}"),
+            Err(code) => answer.error_code = code,
         }
     }
     Ok(Some(ResponseKind::OffsetForLeaderEpoch(

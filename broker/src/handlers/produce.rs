@@ -106,35 +106,22 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         );
     }
 
-    let calls = by_owner
-        .into_iter()
-        .map(|(owner, (ops, slots))| async move { (broker.router.call(owner, ops).await, slots) });
-    for (results, slots) in futures::future::join_all(calls).await {
-        match results {
-            Ok(results) => {
-                for (result, slot) in results.into_iter().zip(slots) {
-                    let answer = &mut responses[slot.topic].partition_responses[slot.partition];
-                    match result {
-                        OpResult::Appended(Ok((info, offsets))) => {
-                            answer.base_offset = info.base_offset as i64;
-                            if request.version >= 5 {
-                                answer.log_start_offset = offsets.log_start as i64;
-                            }
-                        }
-                        OpResult::Appended(Err(e)) => {
-                            crate::errors::log_if_serious(&e);
-                            answer.error_code = crate::errors::code(&e);
-                            answer.error_message = Some(StrBytes::from_string(e.to_string()));
-                        }
-                        other => anyhow::bail!("append answered with {other:?}"),
-                    }
+    for (slot, result) in super::call_owners(broker, by_owner).await {
+        let answer = &mut responses[slot.topic].partition_responses[slot.partition];
+        match result {
+            Ok(OpResult::Appended(Ok((info, offsets)))) => {
+                answer.base_offset = info.base_offset as i64;
+                if request.version >= 5 {
+                    answer.log_start_offset = offsets.log_start as i64;
                 }
             }
-            Err(e) => {
-                for slot in slots {
-                    responses[slot.topic].partition_responses[slot.partition].error_code = crate::errors::code(&e);
-                }
+            Ok(OpResult::Appended(Err(e))) => {
+                crate::errors::log_if_serious(&e);
+                answer.error_code = crate::errors::code(&e);
+                answer.error_message = Some(StrBytes::from_string(e.to_string()));
             }
+            Ok(other) => anyhow::bail!("append answered with {other:?}"),
+            Err(code) => answer.error_code = code,
         }
     }
     if req.acks == 0 {
