@@ -509,13 +509,14 @@ fn corrupt_batches_get_a_kafka_error_and_append_nothing() {
         Bytes::from(v)
     };
     // CORRUPT_MESSAGE (2) for damage, UNSUPPORTED_FOR_MESSAGE_FORMAT (43) for a magic other than
-    // 2, INVALID_RECORD (87) for a count that disagrees with the offsets (broker/src/errors.rs).
+    // 2, INVALID_RECORD (87) for a count that disagrees with the offsets and, as Kafka answers
+    // produce v3+, for more than one batch (broker/src/errors.rs, handlers/produce.rs).
     let cases: Vec<(&str, Option<Bytes>, i16)> = vec![
         ("bad CRC", Some(bad_crc), 2),
         ("truncated", Some(truncated), 2),
         ("shorter than a header", Some(short), 2),
         ("wrong magic", Some(wrong_magic), 43),
-        ("two batches", Some(two_batches), 2),
+        ("two batches", Some(two_batches), 87),
         ("count mismatch", Some(count_mismatch), 87),
         ("null records", None, 2),
         ("empty records", Some(Bytes::new()), 2),

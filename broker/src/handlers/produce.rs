@@ -70,6 +70,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 partitions.push(answer.with_error_code(ResponseError::MessageTooLarge.code()));
                 continue;
             }
+            if holds_more_than_one_batch(&records) {
+                // Produce v3+ carries exactly one batch per partition; Kafka answers more with
+                // INVALID_RECORD (the log would call it a length mismatch, CORRUPT_MESSAGE).
+                partitions.push(answer.with_error_code(ResponseError::InvalidRecord.code()).with_error_message(Some(
+                    StrBytes::from_static_str("produce requests carry exactly one record batch per partition"),
+                )));
+                continue;
+            }
             let batch = if effective.log_append_time() {
                 answer = answer.with_log_append_time_ms(now);
                 match stamp_log_append_time(&records, now) {
@@ -130,6 +138,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     Ok(Some(ResponseKind::Produce(ProduceResponse::default().with_responses(responses))))
 }
 
+/// Whether `records` starts with a whole v2 batch and has another one after it.
+fn holds_more_than_one_batch(records: &Bytes) -> bool {
+    match iouring_storage::BatchHeader::parse(records) {
+        Ok(first) => first.total_bytes < records.len() && iouring_storage::BatchHeader::parse(&records[first.total_bytes..]).is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Rewrites a batch for LogAppendTime: the attribute bit and max timestamp, then its CRC.
 /// The batch is validated first, so a corrupt batch is refused, never re-hashed into a valid one.
 fn stamp_log_append_time(records: &Bytes, now: i64) -> Result<Bytes, iouring_storage::BatchError> {
@@ -166,4 +182,19 @@ fn error_response(req: &ProduceRequest, error: ResponseError, acks: i16) -> Resp
         })
         .collect();
     ResponseKind::Produce(ProduceResponse::default().with_responses(responses))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_batches_are_recognised_and_one_with_trailing_garbage_is_not() {
+        let one = iouring_storage::testing::build_batch(2, 30, 0, 0);
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        assert!(super::holds_more_than_one_batch(&bytes::Bytes::from(two)));
+        assert!(!super::holds_more_than_one_batch(&bytes::Bytes::from(one.clone())));
+        let mut garbage = one;
+        garbage.extend_from_slice(&[1, 2, 3]);
+        assert!(!super::holds_more_than_one_batch(&bytes::Bytes::from(garbage)));
+    }
 }
