@@ -41,6 +41,11 @@ fn run() -> anyhow::Result<()> {
     }
     check_port_free(config.listen)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let leftovers =
+        shard::remove_deleted(&config.data_dir).with_context(|| format!("clearing deleted partitions in {}", config.data_dir.display()))?;
+    if leftovers > 0 {
+        tracing::info!(target: "broker", leftovers, "removed partition directories a deletion left behind");
+    }
     let meta = MetaStore::open(&config.data_dir, config.shards, config.topic_defaults.clone()).context("opening cluster metadata")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

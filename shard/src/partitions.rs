@@ -22,6 +22,29 @@ use crate::{Error, Result, ShardId, TopicPartition};
 /// The broker answers from its current metadata.
 pub type LogConfigProvider = Arc<dyn Fn(&TopicPartition) -> Option<LogConfig> + Send + Sync>;
 
+/// Marks a partition directory that is being deleted: `<topic>-<partition>~deleted-<pid>`.
+/// `~` is not legal in a Kafka topic name, so no live partition directory ever matches.
+pub const DELETED_SUFFIX: &str = "~deleted-";
+
+/// Removes partition directories a deletion left behind (a crash between rename and removal).
+/// Called once at start-up, before any shard opens a partition.
+pub fn remove_deleted(data_dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_deleted = name
+            .rsplit_once(DELETED_SUFFIX)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_deleted && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The partitions one shard owns.
 pub struct Partitions {
     shard: ShardId,
@@ -298,18 +321,25 @@ impl Partitions {
             let _ = log.close().await;
         }
         let dir = self.data_dir.join(tp.dir_name());
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Storage {
-                tp: tp.to_string(),
-                source: iouring_storage::Error::Io {
-                    op: "deleting partition",
-                    path: dir,
-                    source: e,
-                },
-            }),
+        let storage = |op: &'static str, path: std::path::PathBuf, source: std::io::Error| Error::Storage {
+            tp: tp.to_string(),
+            source: iouring_storage::Error::Io { op, path, source },
+        };
+        // Renamed out of the way first (atomic, and durable with the directory fsync), so a
+        // topic created again under the same name never finds the old data, even if removing
+        // the files fails or a crash interrupts it; `remove_deleted` clears what is left.
+        let doomed = self
+            .data_dir
+            .join(format!("{}{DELETED_SUFFIX}{}", tp.dir_name(), std::process::id()));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(storage("renaming deleted partition", dir, e)),
         }
+        std::fs::File::open(&self.data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| storage("syncing data directory", self.data_dir.clone(), e))?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| storage("deleting partition", doomed, e))
     }
 
     /// Applies retention to every open partition; errors are logged per partition.
@@ -331,6 +361,22 @@ impl Partitions {
             if let Err(e) = log.close().await {
                 tracing::warn!(target: "shard", %tp, error = %e, "closing partition failed");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod deleted_tests {
+    #[test]
+    fn only_deletion_leftovers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["t-0~deleted-123", "a.deleted-12", "t-0", "t.deleted-1-0", "__cluster_metadata"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        assert_eq!(super::remove_deleted(dir.path()).unwrap(), 1);
+        assert!(!dir.path().join("t-0~deleted-123").exists());
+        for kept in ["a.deleted-12", "t-0", "t.deleted-1-0", "__cluster_metadata"] {
+            assert!(dir.path().join(kept).exists(), "{kept} was removed");
         }
     }
 }
