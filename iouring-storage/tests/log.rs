@@ -392,6 +392,17 @@ fn active_segment(dir: &Path) -> PathBuf {
     segment_files(dir, "log").pop().unwrap()
 }
 
+/// Cuts the active segment right after its last whole batch and writes `tail` there, as a
+/// crash or an earlier truncation could leave it.
+fn replace_after_last_batch(dir: &Path, tail: &[u8]) {
+    let seg = active_segment(dir);
+    let end = batch_positions(&seg).last().map(|&(p, l)| p + l as u64).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.truncate(end as usize);
+    bytes.extend_from_slice(tail);
+    std::fs::write(&seg, bytes).unwrap();
+}
+
 #[test]
 fn crash_torn_tail_drops_only_the_torn_batch() {
     crash_scenario(
@@ -468,12 +479,8 @@ fn crash_zero_padding_after_the_last_batch_is_ignored() {
 fn crash_garbage_after_the_last_batch_is_cut() {
     crash_scenario(
         |dir, _| {
-            let seg = active_segment(dir);
-            let end = batch_positions(&seg).last().map(|&(p, l)| p + l as u64).unwrap();
-            let mut bytes = std::fs::read(&seg).unwrap();
-            bytes.truncate(end as usize);
-            bytes.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
-            std::fs::write(&seg, bytes).unwrap();
+            let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            replace_after_last_batch(dir, &garbage);
         },
         |log, written| Box::pin(async move { assert_eq!(read_all(&log).await, written) }),
     );
@@ -485,12 +492,7 @@ fn crash_stale_batch_with_an_old_offset_after_the_end_is_not_served() {
     // but its offset goes backwards: recovery must stop there.
     crash_scenario(
         |dir, written| {
-            let seg = active_segment(dir);
-            let end = batch_positions(&seg).last().map(|&(p, l)| p + l as u64).unwrap();
-            let mut bytes = std::fs::read(&seg).unwrap();
-            bytes.truncate(end as usize);
-            bytes.extend_from_slice(&written[0].1);
-            std::fs::write(&seg, bytes).unwrap();
+            replace_after_last_batch(dir, &written[0].1);
         },
         |log, written| Box::pin(async move { assert_eq!(read_all(&log).await, written) }),
     );
