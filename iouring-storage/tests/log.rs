@@ -22,6 +22,17 @@ where
         .expect("executor ran");
 }
 
+/// Runs an async test body on a fresh glommio executor with a fresh directory, removed after.
+fn run_in_dir<F, Fut>(f: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run(move || f(path));
+}
+
 fn small_config(dir: &Path) -> LogConfig {
     let mut c = LogConfig::new(dir);
     c.segment_bytes = 64 * 1024;
@@ -103,9 +114,7 @@ fn batch_positions(path: &Path) -> Vec<(u64, usize)> {
 
 #[test]
 fn appended_batches_read_back_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let log = PartitionLog::open(small_config(&path)).await.unwrap();
         let written = append_range(&log, 0, 300).await;
         assert!(log.stats().segments > 3, "small segments rolled");
@@ -133,9 +142,7 @@ fn appended_batches_read_back_byte_for_byte() {
 
 #[test]
 fn reads_see_only_durable_data_and_refuse_offsets_outside_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let log = PartitionLog::open(small_config(&path)).await.unwrap();
         let info = log.append(&nth_batch(0), 0, 0).await.unwrap();
         assert_eq!(log.offsets().durable_end, 0);
@@ -154,9 +161,7 @@ fn reads_see_only_durable_data_and_refuse_offsets_outside_the_log() {
 
 #[test]
 fn corrupt_batches_are_refused_and_never_reach_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let log = PartitionLog::open(small_config(&path)).await.unwrap();
         append_range(&log, 0, 3).await;
         let before = log.offsets();
@@ -192,9 +197,7 @@ fn corrupt_batches_are_refused_and_never_reach_the_log() {
 
 #[test]
 fn concurrent_appenders_share_fdatasyncs_and_learn_their_offsets_are_durable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let log = PartitionLog::open(LogConfig::new(&path)).await.unwrap();
         let tasks: Vec<_> = (0..64u64)
             .map(|i| {
@@ -225,9 +228,7 @@ fn concurrent_appenders_share_fdatasyncs_and_learn_their_offsets_are_durable() {
 
 #[test]
 fn segments_roll_by_size_and_age_and_are_announced_once_sealed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let mut cfg = small_config(&path);
         cfg.segment_ms = Some(1_000);
         let log = PartitionLog::open(cfg).await.unwrap();
@@ -262,9 +263,7 @@ fn segments_roll_by_size_and_age_and_are_announced_once_sealed() {
 
 #[test]
 fn retention_deletes_whole_old_segments_by_size_and_by_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let mut cfg = small_config(&path);
         cfg.retention_bytes = Some(300 * 1024);
         cfg.retention_ms = None;
@@ -301,9 +300,7 @@ fn retention_deletes_whole_old_segments_by_size_and_by_age() {
 
 #[test]
 fn timestamp_search_finds_the_first_batch_at_or_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let log = PartitionLog::open(small_config(&path)).await.unwrap();
         let written = append_range(&log, 0, 500).await;
         for i in [0u64, 1, 77, 250, 499] {
@@ -320,9 +317,7 @@ fn timestamp_search_finds_the_first_batch_at_or_after() {
 
 #[test]
 fn truncation_removes_the_tail_and_appends_continue_from_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_range(&log, 0, 400).await;
@@ -348,9 +343,7 @@ fn truncation_removes_the_tail_and_appends_continue_from_there() {
 
 #[test]
 fn reopen_after_close_keeps_everything_and_continues_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let mut written = append_range(&log, 0, 200).await;
@@ -375,9 +368,7 @@ fn crash_scenario(
     damage: impl FnOnce(&Path, &[(u64, Vec<u8>)]) + Send + 'static,
     check: impl FnOnce(PartitionLog, Vec<(u64, Vec<u8>)>) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_range(&log, 0, 150).await;
@@ -670,9 +661,7 @@ fn batch_holding(written: &[(u64, Vec<u8>)], offset: u64) -> usize {
 
 #[test]
 fn delete_records_moves_the_log_start_and_deletes_whole_segments_below_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_range(&log, 0, 300).await;
@@ -729,9 +718,7 @@ fn delete_records_moves_the_log_start_and_deletes_whole_segments_below_it() {
 
 #[test]
 fn set_config_applies_to_later_appends_and_retention_and_keeps_the_write_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let mut cfg = small_config(&path);
         cfg.segment_bytes = 4 * 1024 * 1024;
         cfg.retention_bytes = None;
@@ -791,9 +778,7 @@ fn log_start_scenario(
     damage: impl FnOnce(&Path, &[PathBuf]) + Send + 'static,
     check: impl FnOnce(PartitionLog, Vec<(u64, Vec<u8>)>, u64) -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_range(&log, 0, 150).await;
@@ -890,9 +875,7 @@ fn crash_damaged_log_start_file_is_ignored_and_removed() {
 
 #[test]
 fn crash_losing_data_above_the_log_start_lowers_it_to_the_log_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         append_range(&log, 0, 150).await;
@@ -920,9 +903,7 @@ fn crash_losing_data_above_the_log_start_lowers_it_to_the_log_end() {
 
 #[test]
 fn truncation_below_the_log_start_lowers_it_with_the_log_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || async move {
+    run_in_dir(|path| async move {
         let cfg = small_config(&path);
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_range(&log, 0, 150).await;
