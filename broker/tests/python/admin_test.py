@@ -57,18 +57,7 @@ BOOTSTRAP = None
 DATA_DIR = None
 
 
-class Failure(Exception):
-    """A broken expectation: the message says what was expected and what came back."""
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def check_eq(actual, expected, what):
-    if actual != expected:
-        raise Failure("%s: expected %r, got %r" % (what, expected, actual))
+from checks import Failure, check, check_eq
 
 
 # --- Requests kafka-python 2.x has no class for, in its own schema types. -------------------

@@ -38,18 +38,7 @@ CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 BOOTSTRAP = None
 
 
-class Failure(Exception):
-    """A broken expectation: the message says what was expected and what came back."""
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def check_eq(actual, expected, what):
-    if actual != expected:
-        raise Failure("%s: expected %r, got %r" % (what, expected, actual))
+from checks import Failure, check, check_eq
 
 
 def create_topic(name, partitions, configs=None):
