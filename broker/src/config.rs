@@ -36,6 +36,14 @@ pub struct Flags {
     /// Log format: text or json (default text).
     #[arg(long, env = "BROKER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// How long a new consumer group waits for more members before its first rebalance
+    /// (`group.initial.rebalance.delay.ms`, default 3000).
+    #[arg(long, env = "BROKER_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Shortest session timeout a group member may ask for (`group.min.session.timeout.ms`,
+    /// default 6000).
+    #[arg(long, env = "BROKER_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub group_min_session_timeout_ms: Option<i32>,
 }
 
 /// The TOML file: the same keys, snake_case; unknown keys are an error.
@@ -57,6 +65,11 @@ pub struct FileConfig {
     pub fetch_bytes_max: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub offsets_topic_partitions: Option<i32>,
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub group_min_session_timeout_ms: Option<i32>,
+    pub group_max_session_timeout_ms: Option<i32>,
+    pub offset_metadata_max_bytes: Option<usize>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
@@ -89,6 +102,8 @@ pub struct Config {
     pub log_json: bool,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
     pub topic_defaults: Vec<(String, String)>,
+    /// The group coordinator's settings.
+    pub groups: crate::groups::GroupConfig,
 }
 
 /// A configuration error, naming the key.
@@ -191,6 +206,39 @@ impl Config {
             crate::topic_config::validate_one(&k, &text).map_err(|reason| bad(&format!("topic_defaults.{k}"), reason))?;
             topic_defaults.push((k, text));
         }
+        let defaults = crate::groups::GroupConfig::default();
+        let offsets_topic_partitions = file.offsets_topic_partitions.unwrap_or(defaults.offsets_topic_partitions);
+        if !(1..=1000).contains(&offsets_topic_partitions) {
+            return Err(bad("offsets_topic_partitions", "must be between 1 and 1000"));
+        }
+        let initial_rebalance_delay_ms = flags
+            .group_initial_rebalance_delay_ms
+            .or(file.group_initial_rebalance_delay_ms)
+            .unwrap_or(defaults.initial_rebalance_delay_ms as u64);
+        if initial_rebalance_delay_ms > 300_000 {
+            return Err(bad("group_initial_rebalance_delay_ms", "must be at most 300000"));
+        }
+        let session_timeout_ms_min = flags
+            .group_min_session_timeout_ms
+            .or(file.group_min_session_timeout_ms)
+            .unwrap_or(defaults.session_timeout_ms_min);
+        let session_timeout_ms_max = file.group_max_session_timeout_ms.unwrap_or(defaults.session_timeout_ms_max);
+        if session_timeout_ms_min < 1000 {
+            return Err(bad("group_min_session_timeout_ms", "must be at least 1000"));
+        }
+        if session_timeout_ms_max < session_timeout_ms_min {
+            return Err(bad(
+                "group_max_session_timeout_ms",
+                "must not be below group_min_session_timeout_ms",
+            ));
+        }
+        let groups = crate::groups::GroupConfig {
+            offsets_topic_partitions,
+            initial_rebalance_delay_ms: initial_rebalance_delay_ms as i64,
+            session_timeout_ms_min,
+            session_timeout_ms_max,
+            offset_metadata_bytes_max: file.offset_metadata_max_bytes.unwrap_or(defaults.offset_metadata_bytes_max),
+        };
         Ok(Config {
             listen,
             advertised_host: host.to_owned(),
@@ -209,6 +257,7 @@ impl Config {
             retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
             log_json,
             topic_defaults,
+            groups,
         })
     }
 }

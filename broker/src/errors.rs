@@ -17,6 +17,8 @@ pub fn response_error(e: &ShardError) -> ResponseError {
         // Metadata and another attempt.
         ShardError::ShardGone(_) => ResponseError::NotLeaderOrFollower,
         ShardError::TooManyPartitions { .. } => ResponseError::KafkaStorageError,
+        // A coordinator that has not finished loading: clients retry.
+        ShardError::ServiceMissing(_) => ResponseError::CoordinatorLoadInProgress,
         ShardError::Startup { .. } => ResponseError::UnknownServerError,
         ShardError::Storage { source, .. } => match source {
             StorageError::InvalidBatch(b) => match b {

@@ -6,8 +6,10 @@
 pub mod alloc;
 pub mod config;
 pub mod connection;
+pub mod constants;
 pub mod errors;
 pub mod frame;
+pub mod groups;
 pub mod handlers;
 pub mod metadata;
 pub mod records;

@@ -47,6 +47,7 @@ fn run() -> anyhow::Result<()> {
         tracing::info!(target: "broker", leftovers, "removed partition directories a deletion left behind");
     }
     let meta = MetaStore::open(&config.data_dir, config.shards, config.topic_defaults.clone()).context("opening cluster metadata")?;
+    broker::groups::ensure_offsets_topic(&meta, &config.groups).context("creating the committed offsets topic")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;

@@ -70,6 +70,33 @@ pub async fn run_shard(
             return;
         }
     };
+    // This shard's groups: replay its partitions of the committed offsets before serving them.
+    let coordinator = Rc::new(crate::groups::Coordinator::new(
+        me,
+        meta.clone(),
+        ctx.partitions.clone(),
+        config.groups.clone(),
+    ));
+    let owned_offsets: Vec<i32> = snapshot
+        .topics
+        .get(crate::groups::OFFSETS_TOPIC)
+        .map(|t| {
+            t.placement
+                .iter()
+                .enumerate()
+                .filter(|(_, &s)| s == me.0)
+                .map(|(p, _)| p as i32)
+                .collect()
+        })
+        .unwrap_or_default();
+    match coordinator.load(&owned_offsets).await {
+        Ok(groups) => tracing::info!(target: "broker", shard = me.0, groups, "consumer groups loaded"),
+        Err(e) => {
+            let _ = started.send(Err(format!("shard {}: loading consumer groups: {e:#}", me.0)));
+            return;
+        }
+    }
+    ctx.partitions.set_service(coordinator.clone());
     let _ = started.send(Ok(recovered));
     let broker = Rc::new(Broker {
         config: config.clone(),
@@ -96,6 +123,22 @@ pub async fn run_shard(
                     return;
                 }
                 partitions.enforce_retention(crate::handlers::now_ms()).await;
+            }
+        })
+    };
+
+    let group_timers = {
+        let (coordinator, stop) = (coordinator.clone(), stop.clone());
+        glommio::spawn_local(async move {
+            loop {
+                let tick = glommio::timer::sleep(Duration::from_millis(crate::constants::GROUP_TICK_MS));
+                futures::pin_mut!(tick);
+                let halt = stopped(&stop);
+                futures::pin_mut!(halt);
+                if let Either::Right(_) = select(tick, halt).await {
+                    return;
+                }
+                coordinator.tick(crate::handlers::now_ms());
             }
         })
     };
@@ -129,6 +172,7 @@ pub async fn run_shard(
         }
     }
     let _ = housekeeping.await;
+    let _ = group_timers.await;
     // Clean stop: everything appended becomes durable before the process exits.
     ctx.partitions.close_all().await;
     tracing::info!(target: "broker", shard = me.0, "shard stopped");

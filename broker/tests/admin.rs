@@ -60,12 +60,13 @@ fn case(name: &str) {
     run_case(&broker, name);
 }
 
-/// Partition directories (`<topic>-<n>`) under the data directory.
+/// Partition directories (`<topic>-<n>`) of user topics under the data directory (not the
+/// metadata or the internal committed-offsets topic).
 fn partition_dirs(data_dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir() && !p.ends_with("__cluster_metadata"))
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with("__"))
         .collect();
     dirs.sort();
     dirs

@@ -320,6 +320,9 @@ fn kcat_metadata_lists_partitions_and_the_broker() {
         .collect();
     let mut topics = describe(&all);
     topics.sort_by(|a, b| a.0.cmp(&b.0));
+    // The internal committed-offsets topic is listed too, as Kafka lists it.
+    let internal = topics.remove(0);
+    assert_eq!((internal.0.as_str(), internal.1.len()), ("__consumer_offsets", 16));
     assert_eq!(
         topics,
         vec![

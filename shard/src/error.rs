@@ -13,6 +13,8 @@ pub enum Error {
     Storage { tp: String, source: iouring_storage::Error },
     #[error("shard {0} is gone")]
     ShardGone(usize),
+    #[error("shard {0} has no service registered yet (still starting)")]
+    ServiceMissing(usize),
     #[error("shard {shard} owns {max} partitions already")]
     TooManyPartitions { shard: usize, max: usize },
 }

@@ -1,6 +1,8 @@
 //! Operations one shard asks of a partition's owner, and their results. They cross threads,
 //! so they own their data (`Bytes`), never a borrowed or thread-bound buffer.
 
+use std::any::Any;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +63,26 @@ pub enum Op {
         tp: TopicPartition,
         before: Option<u64>,
     },
+    /// Runs work of the crate above on this shard, with the service it registered here
+    /// (`Partitions::set_service`): how the broker reaches state that one shard owns and that
+    /// is not a partition log, such as a consumer group's coordinator.
+    Run(Task),
+}
+
+/// What a task returns: the caller downcasts it to the type it expects.
+pub type TaskOutput = Box<dyn Any + Send>;
+
+/// The future a task makes on the owner shard; it may hold thread-bound state.
+pub type TaskFuture = futures::future::LocalBoxFuture<'static, TaskOutput>;
+
+/// Work sent to a shard. The closure crosses threads, so it owns what it captures; the future
+/// it makes runs on the owner shard only.
+pub struct Task(pub Box<dyn FnOnce(Rc<dyn Any>) -> TaskFuture + Send>);
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Task")
+    }
 }
 
 /// Whole batches read from a partition, as chunks to send in order: one chunk for a read
@@ -111,4 +133,6 @@ pub enum OpResult {
     Reconfigured(Result<()>),
     /// The offsets after the deletion; `log_start` is the new start.
     RecordsDeleted(Result<LogOffsets>),
+    /// What a task returned; an error when the shard has no service registered yet.
+    Ran(Result<TaskOutput>),
 }

@@ -1,9 +1,11 @@
 //! One shard's partitions: opening logs on first use, executing ops on them, the batch cache
 //! that serves tailing reads, and background housekeeping (retention).
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +60,8 @@ pub struct Partitions {
     append_tails: RefCell<HashMap<TopicPartition, oneshot::Receiver<()>>>,
     /// Recently appended batches of every partition here, for reads at the tail.
     cache: BatchCache,
+    /// The state the crate above keeps on this shard, handed to `Op::Run` tasks.
+    service: RefCell<Option<Rc<dyn Any>>>,
 }
 
 /// A read of a partition this shard owns.
@@ -83,7 +87,14 @@ impl Partitions {
             open_lock: Semaphore::new(1),
             append_tails: RefCell::new(HashMap::new()),
             cache: BatchCache::new(cache_bytes_max),
+            service: RefCell::new(None),
         }
+    }
+
+    /// Registers the state that `Op::Run` tasks on this shard receive. Tasks that arrive
+    /// before it is registered fail with `Error::ServiceMissing`.
+    pub fn set_service(&self, service: Rc<dyn Any>) {
+        *self.service.borrow_mut() = Some(service);
     }
 
     /// Hits, misses and size of this shard's batch cache.
@@ -135,7 +146,8 @@ impl Partitions {
             | Op::Offsets { .. }
             | Op::FindTimestamp { .. }
             | Op::MaxTimestamp { .. }
-            | Op::WaitData { .. } => None,
+            | Op::WaitData { .. }
+            | Op::Run(_) => None,
             Op::Drop { tp } | Op::Reconfigure { tp } | Op::DeleteRecords { tp, .. } => Some(tp.clone()),
         };
         if let Some(tp) = &changes_log {
@@ -180,6 +192,13 @@ impl Partitions {
             Op::Drop { tp } => OpResult::Dropped(self.drop_partition(&tp).await),
             Op::Reconfigure { tp } => OpResult::Reconfigured(self.reconfigure(&tp).await),
             Op::DeleteRecords { tp, before } => OpResult::RecordsDeleted(self.delete_records(&tp, before).await),
+            Op::Run(task) => {
+                let service = self.service.borrow().clone();
+                OpResult::Ran(match service {
+                    Some(service) => Ok((task.0)(service).await),
+                    None => Err(Error::ServiceMissing(self.shard.0)),
+                })
+            }
         }
     }
 

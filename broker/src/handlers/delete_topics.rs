@@ -87,6 +87,9 @@ async fn delete(broker: &Broker, target: Target) -> Result<TopicMeta, Refusal> {
                     None => return Err((ResponseError::UnknownTopicId, format!("no topic has id {id}"))),
                 },
             };
+            if name == crate::groups::OFFSETS_TOPIC {
+                return Err((ResponseError::InvalidRequest, format!("`{name}` is internal and cannot be deleted")));
+            }
             m.topics
                 .remove(&name)
                 .ok_or_else(|| (ResponseError::UnknownTopicOrPartition, format!("topic `{name}` does not exist")))

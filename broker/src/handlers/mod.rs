@@ -7,16 +7,27 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sync_group;
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseKind};
@@ -40,6 +51,17 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The versions of `key` this broker supports.
@@ -131,6 +153,17 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
         ApiKey::CreatePartitions => create_partitions::handle(broker, &request, &mut body).await,
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(broker, &request, &mut body).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request, &mut body).await,
+        ApiKey::FindCoordinator => find_coordinator::handle(broker, &request, &mut body).await,
+        ApiKey::JoinGroup => join_group::handle(broker, &request, &mut body).await,
+        ApiKey::SyncGroup => sync_group::handle(broker, &request, &mut body).await,
+        ApiKey::Heartbeat => heartbeat::handle(broker, &request, &mut body).await,
+        ApiKey::LeaveGroup => leave_group::handle(broker, &request, &mut body).await,
+        ApiKey::OffsetCommit => offset_commit::handle(broker, &request, &mut body).await,
+        ApiKey::OffsetFetch => offset_fetch::handle(broker, &request, &mut body).await,
+        ApiKey::ListGroups => list_groups::handle(broker, &request, &mut body).await,
+        ApiKey::DescribeGroups => describe_groups::handle(broker, &request, &mut body).await,
+        ApiKey::DeleteGroups => delete_groups::handle(broker, &request, &mut body).await,
+        ApiKey::OffsetDelete => offset_delete::handle(broker, &request, &mut body).await,
         other => Err(anyhow::anyhow!("no handler for {other:?}")),
     };
     match result {

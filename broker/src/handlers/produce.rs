@@ -56,6 +56,11 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 partitions.push(answer.with_error_code(missing.code()));
                 continue;
             };
+            if topic.name == crate::groups::OFFSETS_TOPIC {
+                // Only the group coordinator writes committed offsets (Kafka answers the same).
+                partitions.push(answer.with_error_code(ResponseError::InvalidTopicException.code()));
+                continue;
+            }
             let tp = TopicPartition::new(topic.name.clone(), p.index);
             let Some(owner) = crate::metadata::MetaStore::owner(&meta, &tp) else {
                 partitions.push(answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()));

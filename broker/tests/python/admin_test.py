@@ -57,7 +57,7 @@ BOOTSTRAP = None
 DATA_DIR = None
 
 
-from checks import Failure, check, check_eq
+from checks import Failure, check, check_eq, run_case
 
 
 # --- Requests kafka-python 2.x has no class for, in its own schema types. -------------------
@@ -679,12 +679,7 @@ def main():
     if len(sys.argv) != 4 or sys.argv[3] not in CASES:
         sys.exit("usage: admin_test.py BOOTSTRAP DATA_DIR {%s}" % "|".join(CASES))
     BOOTSTRAP, DATA_DIR, case = sys.argv[1], sys.argv[2], sys.argv[3]
-    try:
-        CASES[case]()
-    except Failure as e:
-        print("FAILED %s: %s" % (case, e), file=sys.stderr)
-        sys.exit(1)
-    print("ok %s" % case)
+    sys.exit(run_case(CASES, case))
 
 
 if __name__ == "__main__":

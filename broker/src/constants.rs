@@ -1,0 +1,17 @@
+//! The broker's bounds, each with its reason.
+
+/// Members (plus ids handed out and not yet used) one group holds. Kafka's group.max.size is
+/// unbounded by default; a bound keeps one misbehaving client from growing a group without end.
+pub const GROUP_MEMBERS_MAX: usize = 10_000;
+
+/// Groups one shard coordinates, counting those that hold only committed offsets.
+pub const GROUPS_PER_SHARD_MAX: usize = 1_000_000;
+
+/// Bytes of `__consumer_offsets` read per step while a shard loads its groups at start-up.
+pub const OFFSETS_LOAD_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// How often a shard lets its groups' deadlines pass (sessions, rebalances). Kafka's timers
+/// are exact; a 100 ms tick is well inside the shortest session timeout allowed (1 s).
+pub const GROUP_TICK_MS: u64 = 100;
+
+const _: () = assert!(GROUP_TICK_MS < 1000);
