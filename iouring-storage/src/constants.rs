@@ -54,7 +54,11 @@ pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
 /// Preallocation step bounds: large steps keep ext4 O_DIRECT writes off the file-growing path.
 pub const PREALLOCATE_STEP_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
+/// Buffer of a segment rewrite (compaction): one rewrite holds one, whatever the segment size.
+pub const REWRITE_BUFFER_BYTES: usize = 1024 * 1024;
+
 const _: () = assert!(BATCH_HEADER_BYTES > BATCH_CRC_START);
+const _: () = assert!(REWRITE_BUFFER_BYTES % 4096 == 0);
 const _: () = assert!(WRITE_BUFFER_BYTES_MIN % 4096 == 0);
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX % 4096 == 0);
 const _: () = assert!(SCAN_CHUNK_BYTES % 4096 == 0);

@@ -18,6 +18,7 @@ mod log;
 mod log_start;
 mod notify;
 mod recovery;
+mod rewrite;
 mod segment;
 mod writer;
 
@@ -25,6 +26,7 @@ pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
 pub use config::LogConfig;
 pub use error::{BatchError, Error, Result};
 pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
+pub use rewrite::SegmentRewrite;
 
 #[doc(hidden)]
 pub mod bench_support {

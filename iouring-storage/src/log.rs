@@ -864,6 +864,58 @@ impl PartitionLog {
         Ok(doomed)
     }
 
+    /// The partition directory.
+    pub(crate) fn dir_path(&self) -> PathBuf {
+        self.inner.dir.clone()
+    }
+
+    /// Puts a rewritten segment (`rewrite.rs`), durable at `tmp_path`, in place of sealed
+    /// segment `base`, if that still holds `original_bytes`: rename over the old file, then
+    /// the index files, then the in-memory segment. Returns whether it did.
+    pub(crate) async fn install_rewrite(
+        &self,
+        base: u64,
+        original_bytes: u64,
+        tmp_path: &Path,
+        index: SegmentIndex,
+        summary: SegmentSummary,
+    ) -> Result<bool> {
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        {
+            let st = self.state();
+            let sealed = st.segments.len() - 1;
+            let unchanged = st
+                .segments
+                .values()
+                .take(sealed)
+                .any(|s| s.base_offset == base && s.data_bytes == original_bytes);
+            if !unchanged {
+                return Ok(false);
+            }
+        }
+        let dir = self.dir().to_owned();
+        let path = segment::log_path(&dir, base);
+        std::fs::rename(tmp_path, &path).map_err(|e| Error::io("installing rewritten segment", &path, e))?;
+        let installed = async {
+            segment::sync_dir(&dir).await?;
+            segment::store_index(&dir, base, &index, summary).await?;
+            segment::sync_dir(&dir).await?;
+            segment::open_data_file(&path, false).await
+        }
+        .await;
+        // The old data is gone from the directory; an error here leaves this log unable to
+        // say what is on disk, so it stops taking writes until reopened (which rebuilds).
+        let file = installed.map_err(|e| self.poison(format!("installing rewritten segment {base}: {e}")))?;
+        let mut st = self.state_mut();
+        let seg = st.segments.get_mut(&base).expect("checked under the append lock");
+        seg.file = file;
+        seg.data_bytes = summary.data_bytes;
+        seg.durable_bytes = summary.data_bytes;
+        seg.index = index;
+        Ok(true)
+    }
+
     /// Removes segments from the map first (readers stop seeing them), then their files.
     async fn delete_segments(&self, bases: &[u64]) -> Result<()> {
         if bases.is_empty() {

@@ -927,3 +927,98 @@ fn truncation_below_the_log_start_lowers_it_with_the_log_end() {
         assert_eq!(read_all(&log).await, more);
     });
 }
+
+/// Compaction's rewrite: a sealed segment replaced by some of its batches reads back as
+/// exactly those, before and after reopening, and also when a crash came between the rename
+/// of the new data and the rewrite of its index files (the old index files are still there).
+#[test]
+fn a_rewritten_segment_reads_back_and_survives_reopen_and_a_stale_index() {
+    run_in_dir(|dir| async move {
+        let log = PartitionLog::open(small_config(&dir)).await.unwrap();
+        let mut all = Vec::new();
+        while log.sealed_segments().len() < 2 {
+            let from = all.len() as u64;
+            all.extend(append_range(&log, from, from + 10).await);
+        }
+        let first = log.sealed_segments()[0].clone();
+        let (old_index, old_time_index) = (
+            std::fs::read(&first.index_path).unwrap(),
+            std::fs::read(&first.time_index_path).unwrap(),
+        );
+        let in_first: Vec<&(u64, Vec<u8>)> = all.iter().filter(|(o, _)| *o < first.next_offset).collect();
+        assert!(in_first.len() >= 4, "the first segment holds several batches");
+        // Keep every other batch of the first segment.
+        let dropped: Vec<u64> = in_first.iter().skip(1).step_by(2).map(|(o, _)| *o).collect();
+        let mut rewrite = log.rewrite_segment(first.base_offset).await.unwrap();
+        for (o, bytes) in &in_first {
+            if !dropped.contains(o) {
+                rewrite.push(bytes).await.unwrap();
+            }
+        }
+        // A batch out of order is refused.
+        let (_, last) = in_first[0];
+        assert!(rewrite.push(last).await.is_err());
+        assert!(rewrite.finish().await.unwrap());
+        let expected: Vec<(u64, Vec<u8>)> = all.iter().filter(|(o, _)| !dropped.contains(o)).cloned().collect();
+        assert_eq!(read_all(&log).await, expected);
+        assert_eq!(
+            log.sealed_segments()[0].next_offset,
+            first.next_offset,
+            "the segment keeps its offset range"
+        );
+        assert!(log.sealed_segments()[0].size_bytes < first.size_bytes);
+        // Appends go on after a rewrite.
+        let from = all.len() as u64;
+        let more = append_range(&log, from, from + 3).await;
+        let expected: Vec<(u64, Vec<u8>)> = expected.into_iter().chain(more).collect();
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(small_config(&dir)).await.unwrap();
+        assert_eq!(read_all(&log).await, expected, "after reopening");
+        log.close().await.unwrap();
+
+        std::fs::write(&first.index_path, &old_index).unwrap();
+        std::fs::write(&first.time_index_path, &old_time_index).unwrap();
+        let log = PartitionLog::open(small_config(&dir)).await.unwrap();
+        assert_eq!(read_all(&log).await, expected, "with the index files from before the rewrite");
+        log.close().await.unwrap();
+    });
+}
+
+/// A rewrite abandoned midway leaves nothing behind, and one whose segment retention deleted
+/// meanwhile changes nothing.
+#[test]
+fn an_abandoned_or_outdated_rewrite_changes_nothing() {
+    run_in_dir(|dir| async move {
+        let mut cfg = small_config(&dir);
+        cfg.retention_ms = Some(1);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let mut all = Vec::new();
+        while log.sealed_segments().len() < 2 {
+            let from = all.len() as u64;
+            all.extend(append_range(&log, from, from + 10).await);
+        }
+        let first = log.sealed_segments()[0].clone();
+        let mut abandoned = log.rewrite_segment(first.base_offset).await.unwrap();
+        abandoned.push(&all[0].1).await.unwrap();
+        drop(abandoned);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(read_all(&log).await, all);
+
+        let mut outdated = log.rewrite_segment(first.base_offset).await.unwrap();
+        outdated.push(&all[0].1).await.unwrap();
+        let deleted = log.enforce_retention(i64::MAX / 2).await.unwrap();
+        assert!(deleted.contains(&first.base_offset));
+        assert!(
+            !outdated.finish().await.unwrap(),
+            "the segment is gone, so the rewrite is not installed"
+        );
+        assert!(log.read(first.base_offset, 1).await.is_err(), "the deleted range stays deleted");
+        log.close().await.unwrap();
+    });
+}
