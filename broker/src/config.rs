@@ -44,6 +44,10 @@ pub struct Flags {
     /// default 6000).
     #[arg(long, env = "BROKER_GROUP_MIN_SESSION_TIMEOUT_MS")]
     pub group_min_session_timeout_ms: Option<i32>,
+    /// How often each shard looks for compacted partitions to clean (default 15000, Kafka's
+    /// log.cleaner.backoff.ms).
+    #[arg(long, env = "BROKER_COMPACTION_CHECK_INTERVAL_MS")]
+    pub compaction_check_interval_ms: Option<u64>,
 }
 
 /// The TOML file: the same keys, snake_case; unknown keys are an error.
@@ -64,6 +68,7 @@ pub struct FileConfig {
     pub connections_max_idle_ms: Option<u64>,
     pub fetch_bytes_max: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
+    pub compaction_check_interval_ms: Option<u64>,
     pub log_format: Option<String>,
     pub offsets_topic_partitions: Option<i32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -99,6 +104,7 @@ pub struct Config {
     /// (`fetch.max.bytes`).
     pub fetch_bytes_max: usize,
     pub retention_check_interval_ms: u64,
+    pub compaction_check_interval_ms: u64,
     pub log_json: bool,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
     pub topic_defaults: Vec<(String, String)>,
@@ -255,6 +261,11 @@ impl Config {
             connections_max_idle_ms,
             fetch_bytes_max,
             retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
+            compaction_check_interval_ms: flags
+                .compaction_check_interval_ms
+                .or(file.compaction_check_interval_ms)
+                .unwrap_or(15_000)
+                .max(100),
             log_json,
             topic_defaults,
             groups,

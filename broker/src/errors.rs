@@ -19,7 +19,7 @@ pub fn response_error(e: &ShardError) -> ResponseError {
         ShardError::TooManyPartitions { .. } => ResponseError::KafkaStorageError,
         // A coordinator that has not finished loading: clients retry.
         ShardError::ServiceMissing(_) => ResponseError::CoordinatorLoadInProgress,
-        ShardError::Startup { .. } => ResponseError::UnknownServerError,
+        ShardError::Startup { .. } | ShardError::Compaction { .. } => ResponseError::UnknownServerError,
         ShardError::Storage { source, .. } => match source {
             StorageError::InvalidBatch(b) => match b {
                 BatchError::BadCrc { .. } | BatchError::LengthMismatch { .. } | BatchError::TooShort { .. } => {

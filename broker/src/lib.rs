@@ -4,6 +4,7 @@
 //! Architecture invariant: only this crate knows the Kafka wire format and Kafka error codes.
 
 pub mod alloc;
+pub mod compaction;
 pub mod config;
 pub mod connection;
 pub mod constants;

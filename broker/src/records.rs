@@ -53,23 +53,9 @@ pub fn first_at_or_after(batch: &[u8], timestamp: i64) -> io::Result<Option<(i64
     let base_timestamp = i64::from_be_bytes(batch[27..35].try_into().expect("8 bytes"));
     let max_timestamp = i64::from_be_bytes(batch[35..43].try_into().expect("8 bytes"));
     let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes"));
-    let records = &batch[HEADER_BYTES..];
     let log_append_time = attributes & ATTRIBUTE_LOG_APPEND_TIME != 0;
-
-    let decompressed: Box<dyn Read + '_> = match attributes & 0x07 {
-        0 => Box::new(records),
-        1 => Box::new(flate2::read::GzDecoder::new(records)),
-        2 => Box::new(SnappyReader::new(records)),
-        3 => Box::new(lz4::Decoder::new(records)?),
-        4 => {
-            let mut d = zstd::stream::read::Decoder::new(records)?;
-            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-            Box::new(d)
-        }
-        other => return Err(invalid(format!("unknown compression {other}"))),
-    };
     // Buffered: the walk reads a byte at a time, which a decompressor does not do cheaply.
-    let mut input = io::BufReader::new(decompressed).take(SCAN_BYTES_MAX);
+    let mut input = io::BufReader::new(decompressor(batch)?).take(SCAN_BYTES_MAX);
     for _ in 0..count.max(0) {
         let len = varint(&mut input)?;
         let len = u64::try_from(len).map_err(|_| invalid(format!("record length {len}")))?;
@@ -92,6 +78,140 @@ pub fn first_at_or_after(batch: &[u8], timestamp: i64) -> io::Result<Option<(i64
     }
     Ok(None)
 }
+
+/// The records of a batch (after its 61-byte header), decompressed as they are read.
+fn decompressor(batch: &[u8]) -> io::Result<Box<dyn Read + '_>> {
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    let records = &batch[HEADER_BYTES..];
+    Ok(match attributes & 0x07 {
+        0 => Box::new(records),
+        1 => Box::new(flate2::read::GzDecoder::new(records)),
+        2 => Box::new(SnappyReader::new(records)),
+        3 => Box::new(lz4::Decoder::new(records)?),
+        4 => {
+            let mut d = zstd::stream::read::Decoder::new(records)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+            Box::new(d)
+        }
+        other => return Err(invalid(format!("unknown compression {other}"))),
+    })
+}
+
+/// One record of a batch, borrowed from its decompressed records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// The whole record as stored: length varint, attributes, deltas, key, value, headers.
+    pub raw: &'a [u8],
+    pub offset_delta: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+/// A batch's records, decompressed whole, at most `SCAN_BYTES_MAX` bytes (more is an error):
+/// for background work (compaction) that needs every record's bytes, one batch at a time.
+pub fn decompressed_records(batch: &[u8]) -> io::Result<Vec<u8>> {
+    if batch.len() < HEADER_BYTES {
+        return Err(invalid(format!("batch of {} bytes has no header", batch.len())));
+    }
+    if batch[16] != 2 {
+        return Err(invalid(format!("magic {} is not 2", batch[16] as i8)));
+    }
+    let mut out = Vec::new();
+    decompressor(batch)?.take(SCAN_BYTES_MAX + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > SCAN_BYTES_MAX {
+        return Err(invalid(format!("records inflate beyond {SCAN_BYTES_MAX} bytes")));
+    }
+    Ok(out)
+}
+
+/// Splits decompressed records into `count` records; an error if they do not parse exactly.
+pub fn split_records(mut records: &[u8], count: i32) -> io::Result<Vec<RecordRef<'_>>> {
+    // The count is checked against the bytes, not trusted to size anything: each record takes
+    // at least 7 bytes.
+    if count < 0 || count as usize > records.len() / 7 + 1 {
+        return Err(invalid(format!("{count} records cannot fit in {} bytes", records.len())));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let whole = records;
+        let len = varint(&mut records)?;
+        let len = usize::try_from(len).map_err(|_| invalid(format!("record length {len}")))?;
+        let header_len = whole.len() - records.len();
+        if len > records.len() {
+            return Err(invalid(format!("record of {len} bytes with {} left", records.len())));
+        }
+        let (mut body, rest) = records.split_at(len);
+        records = rest;
+        let raw = &whole[..header_len + len];
+        let _attributes = read_u8(&mut body)?;
+        let _timestamp_delta = varint(&mut body)?;
+        let offset_delta = varint(&mut body)?;
+        let key = bytes_field(&mut body)?;
+        let value = bytes_field(&mut body)?;
+        out.push(RecordRef {
+            raw,
+            offset_delta,
+            key,
+            value,
+        });
+    }
+    if !records.is_empty() {
+        return Err(invalid(format!("{} bytes after the last record", records.len())));
+    }
+    Ok(out)
+}
+
+/// A varint-length byte string of a record; `None` for length -1.
+fn bytes_field<'a>(body: &mut &'a [u8]) -> io::Result<Option<&'a [u8]>> {
+    let len = varint(body)?;
+    if len == -1 {
+        return Ok(None);
+    }
+    let len = usize::try_from(len).map_err(|_| invalid(format!("field length {len}")))?;
+    if len > body.len() {
+        return Err(invalid(format!("field of {len} bytes with {} left", body.len())));
+    }
+    let (field, rest) = body.split_at(len);
+    *body = rest;
+    Ok(Some(field))
+}
+
+/// Compresses records with a batch's codec (attributes bits 0-2) as Kafka's clients do:
+/// gzip, snappy in xerial framing, LZ4 frames, zstd.
+pub fn compress(codec: i16, records: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    match codec {
+        0 => Ok(records.to_vec()),
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(records)?;
+            e.finish()
+        }
+        2 => {
+            let mut out = XERIAL_MAGIC.to_vec();
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+            let mut encoder = snap::raw::Encoder::new();
+            for block in records.chunks(SNAPPY_BLOCK_BYTES) {
+                let compressed = encoder.compress_vec(block).map_err(|e| invalid(e.to_string()))?;
+                out.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+                out.extend_from_slice(&compressed);
+            }
+            Ok(out)
+        }
+        3 => {
+            let mut e = lz4::EncoderBuilder::new().build(Vec::new())?;
+            e.write_all(records)?;
+            let (out, result) = e.finish();
+            result.map(|()| out)
+        }
+        4 => zstd::bulk::compress(records, 3),
+        other => Err(invalid(format!("unknown compression {other}"))),
+    }
+}
+
+/// Block size of snappy's xerial framing, as the Java client writes it.
+const SNAPPY_BLOCK_BYTES: usize = 32 * 1024;
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)

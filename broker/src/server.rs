@@ -38,6 +38,27 @@ async fn stopped(stop: &AtomicBool) {
     }
 }
 
+/// Runs `work` every `interval` until `stop` is set.
+fn every<F, Fut>(interval: Duration, stop: Arc<AtomicBool>, mut work: F) -> glommio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    glommio::spawn_local(async move {
+        loop {
+            let tick = glommio::timer::sleep(interval);
+            futures::pin_mut!(tick);
+            let halt = stopped(&stop);
+            futures::pin_mut!(halt);
+            if let Either::Right(_) = select(tick, halt).await {
+                return;
+            }
+            work().await;
+        }
+    })
+    .detach()
+}
+
 /// Runs one shard of the broker until `stop` is set; reports start-up (recovery and bind)
 /// through `started`.
 pub async fn run_shard(
@@ -108,39 +129,32 @@ pub async fn run_shard(
     });
 
     let housekeeping = {
-        let (partitions, stop, interval) = (
-            ctx.partitions.clone(),
-            stop.clone(),
-            Duration::from_millis(config.retention_check_interval_ms),
-        );
-        glommio::spawn_local(async move {
-            loop {
-                let tick = glommio::timer::sleep(interval);
-                futures::pin_mut!(tick);
-                let halt = stopped(&stop);
-                futures::pin_mut!(halt);
-                if let Either::Right(_) = select(tick, halt).await {
-                    return;
-                }
-                partitions.enforce_retention(crate::handlers::now_ms()).await;
-            }
+        let partitions = ctx.partitions.clone();
+        every(Duration::from_millis(config.retention_check_interval_ms), stop.clone(), move || {
+            let partitions = partitions.clone();
+            async move { partitions.enforce_retention(crate::handlers::now_ms()).await }
         })
     };
-
     let group_timers = {
-        let (coordinator, stop) = (coordinator.clone(), stop.clone());
-        glommio::spawn_local(async move {
-            loop {
-                let tick = glommio::timer::sleep(Duration::from_millis(crate::constants::GROUP_TICK_MS));
-                futures::pin_mut!(tick);
-                let halt = stopped(&stop);
-                futures::pin_mut!(halt);
-                if let Either::Right(_) = select(tick, halt).await {
-                    return;
-                }
-                coordinator.tick(crate::handlers::now_ms());
-            }
+        let coordinator = coordinator.clone();
+        every(Duration::from_millis(crate::constants::GROUP_TICK_MS), stop.clone(), move || {
+            coordinator.tick(crate::handlers::now_ms());
+            async {}
         })
+    };
+    let compaction = {
+        let partitions = ctx.partitions.clone();
+        partitions.set_compactor(Arc::new(crate::compaction::RecordCompactor::new(broker.meta.clone())));
+        every(
+            Duration::from_millis(config.compaction_check_interval_ms),
+            stop.clone(),
+            move || {
+                let partitions = partitions.clone();
+                async move {
+                    partitions.compact(crate::handlers::now_ms()).await;
+                }
+            },
+        )
     };
 
     let per_shard_max = config.connections_max.div_ceil(ctx.shard_count).max(1);
@@ -173,6 +187,7 @@ pub async fn run_shard(
     }
     let _ = housekeeping.await;
     let _ = group_timers.await;
+    let _ = compaction.await;
     // Clean stop: everything appended becomes durable before the process exits.
     ctx.partitions.close_all().await;
     tracing::info!(target: "broker", shard = me.0, "shard stopped");

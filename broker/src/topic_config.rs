@@ -17,7 +17,17 @@ pub const DEFS: &[ConfigDef] = &[
     ConfigDef {
         name: "cleanup.policy",
         default: "delete",
-        doc: "delete, compact, or compact,delete (compaction itself is not implemented yet; compact turns off deletion by retention)",
+        doc: "delete, compact, or compact,delete: compact keeps the latest record per key in sealed segments; without delete, retention deletes nothing",
+    },
+    ConfigDef {
+        name: "delete.retention.ms",
+        default: "86400000",
+        doc: "how long compaction keeps a tombstone (a record with a null value) after its batch's newest timestamp",
+    },
+    ConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        doc: "compact once the part of the sealed log not yet compacted is at least this share of it",
     },
     ConfigDef {
         name: "retention.ms",
@@ -83,6 +93,11 @@ pub fn validate_one(name: &str, value: &str) -> Result<(), String> {
                 .then(|| format!("`{value}` is not delete, compact or compact,delete"))
         }
         "retention.ms" | "retention.bytes" => (long(value)? < -1).then(|| "must be -1 or more".to_owned()),
+        "delete.retention.ms" => (long(value)? < 0).then(|| "must be 0 or more".to_owned()),
+        "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => None,
+            _ => Some(format!("`{value}` is not a number between 0 and 1")),
+        },
         "segment.bytes" => {
             let range = iouring_storage::constants::SEGMENT_BYTES_MIN as i64..=i32::MAX as i64;
             (!range.contains(&long(value)?)).then(|| format!("must be between {} and {}", range.start(), range.end()))
@@ -149,6 +164,22 @@ impl Effective {
         self.get(name).trim().parse().expect("validated on the way in")
     }
 
+    /// cleanup.policy includes compact.
+    pub fn compacts(&self) -> bool {
+        self.get("cleanup.policy").split(',').any(|p| p.trim() == "compact")
+    }
+
+    pub fn delete_retention_ms(&self) -> i64 {
+        self.number("delete.retention.ms")
+    }
+
+    pub fn min_cleanable_dirty_ratio(&self) -> f64 {
+        self.get("min.cleanable.dirty.ratio")
+            .trim()
+            .parse()
+            .expect("validated on the way in")
+    }
+
     pub fn log_append_time(&self) -> bool {
         self.get("message.timestamp.type") == "LogAppendTime"
     }
@@ -187,6 +218,7 @@ pub enum ConfigType {
     String = 2,
     Int = 3,
     Long = 5,
+    Double = 6,
     List = 7,
 }
 
@@ -194,7 +226,8 @@ pub enum ConfigType {
 pub fn config_type(name: &str) -> ConfigType {
     match name {
         "cleanup.policy" => ConfigType::List,
-        "retention.ms" | "retention.bytes" | "segment.ms" => ConfigType::Long,
+        "retention.ms" | "retention.bytes" | "segment.ms" | "delete.retention.ms" => ConfigType::Long,
+        "min.cleanable.dirty.ratio" => ConfigType::Double,
         "segment.bytes" | "max.message.bytes" | "index.interval.bytes" | "min.insync.replicas" => ConfigType::Int,
         _ => ConfigType::String,
     }
@@ -213,6 +246,8 @@ pub fn broker_synonym(name: &str) -> &'static str {
         "cleanup.policy" => "log.cleanup.policy",
         "retention.ms" => "log.retention.ms",
         "retention.bytes" => "log.retention.bytes",
+        "delete.retention.ms" => "log.cleaner.delete.retention.ms",
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
         "segment.bytes" => "log.segment.bytes",
         "segment.ms" => "log.roll.ms",
         "max.message.bytes" => "message.max.bytes",
@@ -276,6 +311,7 @@ mod tests {
             let fits = match config_type(d.name) {
                 ConfigType::Int => d.default.parse::<i32>().is_ok(),
                 ConfigType::Long => d.default.parse::<i64>().is_ok(),
+                ConfigType::Double => d.default.parse::<f64>().is_ok(),
                 ConfigType::Boolean => d.default.parse::<bool>().is_ok(),
                 ConfigType::List => d.default.split(',').all(|v| !v.trim().is_empty()),
                 ConfigType::String => !d.default.is_empty(),

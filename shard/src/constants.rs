@@ -20,3 +20,11 @@ pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
 /// memory. Charged per batch length plus a fixed overhead; a lower bound of what it keeps
 /// alive, since a cached batch shares its produce request's frame.
 pub const BATCH_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Keys one compaction pass maps to their latest offset (16-byte hash and 8-byte offset each,
+/// about 24 MiB of map at most, per shard, since a shard compacts one partition at a time).
+/// Kafka bounds its cleaner's map the same way (`log.cleaner.dedupe.buffer.size`).
+pub const COMPACTION_KEYS_MAX: usize = 500_000;
+
+/// Bytes compaction reads from a segment at a time.
+pub const COMPACTION_READ_BYTES: usize = 1024 * 1024;

@@ -13,6 +13,8 @@ pub enum Error {
     Storage { tp: String, source: iouring_storage::Error },
     #[error("shard {0} is gone")]
     ShardGone(usize),
+    #[error("compacting {tp}: {detail}")]
+    Compaction { tp: String, detail: String },
     #[error("shard {0} has no service registered yet (still starting)")]
     ServiceMissing(usize),
     #[error("shard {shard} owns {max} partitions already")]

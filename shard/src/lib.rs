@@ -8,6 +8,7 @@
 //! batches and offsets. The broker maps them to Kafka requests and error codes.
 
 mod batch_cache;
+pub mod compaction;
 pub mod constants;
 mod error;
 mod mesh;

@@ -16,6 +16,7 @@ use glommio::sync::Semaphore;
 use iouring_storage::{LogConfig, LogOffsets, PartitionLog, ReadBatches};
 
 use crate::batch_cache::{BatchCache, BatchCacheStats};
+use crate::compaction::{self, Compactor, PassStats};
 use crate::constants::{BATCH_CACHE_BYTES_MAX, PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
 use crate::ops::{Op, OpResult, ReadData};
 use crate::{Error, Result, ShardId, TopicPartition};
@@ -62,6 +63,9 @@ pub struct Partitions {
     cache: BatchCache,
     /// The state the crate above keeps on this shard, handed to `Op::Run` tasks.
     service: RefCell<Option<Rc<dyn Any>>>,
+    compactor: RefCell<Option<Arc<dyn Compactor>>>,
+    /// Per compacted partition, the first offset the last compaction pass did not clean.
+    clean_ends: RefCell<HashMap<TopicPartition, u64>>,
 }
 
 /// A read of a partition this shard owns.
@@ -88,6 +92,8 @@ impl Partitions {
             append_tails: RefCell::new(HashMap::new()),
             cache: BatchCache::new(cache_bytes_max),
             service: RefCell::new(None),
+            compactor: RefCell::new(None),
+            clean_ends: RefCell::new(HashMap::new()),
         }
     }
 
@@ -333,6 +339,7 @@ impl Partitions {
         // went) finishes first, so its log is closed here and never outlives its directory.
         let _permit = self.open_lock.acquire_permit(1).await.map_err(|_| Error::ShardGone(self.shard.0))?;
         let log = self.logs.borrow_mut().remove(tp);
+        self.clean_ends.borrow_mut().remove(tp);
         // The partition's place in the append order goes too (an append still in flight
         // keeps its own sender; a later one starts a fresh chain).
         self.append_tails.borrow_mut().remove(tp);
@@ -370,6 +377,49 @@ impl Partitions {
             }
             self.cache.discard_below(&tp, log.offsets().log_start);
         }
+    }
+
+    /// Registers what compaction needs to know about records (see `compaction.rs`).
+    pub fn set_compactor(&self, compactor: Arc<dyn Compactor>) {
+        *self.compactor.borrow_mut() = Some(compactor);
+    }
+
+    /// Runs one compaction pass over every open compacted partition, one at a time.
+    pub async fn compact(&self, now_ms: i64) -> Vec<(TopicPartition, PassStats)> {
+        let Some(compactor) = self.compactor.borrow().clone() else {
+            return Vec::new();
+        };
+        let logs: Vec<(TopicPartition, PartitionLog)> = self.logs.borrow().iter().map(|(tp, l)| (tp.clone(), l.clone())).collect();
+        let mut done = Vec::new();
+        for (tp, log) in logs {
+            let Some(policy) = compactor.policy(&tp) else {
+                continue;
+            };
+            // What was cleaned is remembered only while the shard runs: after a restart the
+            // first pass looks at everything again.
+            let log_end = log.offsets().log_end;
+            let first_dirty = self.clean_ends.borrow().get(&tp).copied().filter(|&e| e <= log_end).unwrap_or(0);
+            match compaction::compact_partition(&tp, &log, &compactor, policy, first_dirty, now_ms).await {
+                Ok(stats) => {
+                    self.clean_ends.borrow_mut().insert(tp.clone(), stats.clean_end);
+                    if stats.segments_rewritten > 0 {
+                        // Cached batches may hold records the rewrite removed.
+                        self.cache.remove(&tp);
+                        tracing::info!(
+                            target: "shard",
+                            %tp,
+                            segments = stats.segments_rewritten,
+                            bytes_before = stats.bytes_before,
+                            bytes_after = stats.bytes_after,
+                            "compacted"
+                        );
+                    }
+                    done.push((tp, stats));
+                }
+                Err(e) => tracing::warn!(target: "shard", %tp, error = %e, "compaction failed"),
+            }
+        }
+        done
     }
 
     /// Commits and closes every log (clean shutdown).
