@@ -17,13 +17,14 @@ mod index;
 mod log;
 mod log_start;
 mod notify;
+mod producer_state;
 mod recovery;
 mod segment;
 mod writer;
 
 pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
 pub use config::LogConfig;
-pub use error::{BatchError, Error, Result};
+pub use error::{BatchError, Error, ProducerError, Result};
 pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 
 #[doc(hidden)]
