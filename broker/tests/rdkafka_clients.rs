@@ -8,7 +8,7 @@
 //!
 //! The broker has no consumer groups yet, so consumers `assign()` partitions from the beginning
 //! and never subscribe or commit; librdkafka refuses `assign()` without a `group.id`, so one is
-//! set and otherwise unused. The idempotent producer is off (no InitProducerId yet).
+//! set and otherwise unused. The idempotent producer is off here; `idempotence.rs` tests it.
 
 mod common;
 

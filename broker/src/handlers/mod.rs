@@ -13,6 +13,7 @@ mod describe_cluster;
 mod describe_configs;
 mod fetch;
 mod incremental_alter_configs;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -40,6 +41,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `key` this broker supports.
@@ -131,6 +133,7 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
         ApiKey::CreatePartitions => create_partitions::handle(broker, &request, &mut body).await,
         ApiKey::IncrementalAlterConfigs => incremental_alter_configs::handle(broker, &request, &mut body).await,
         ApiKey::DescribeCluster => describe_cluster::handle(broker, &request, &mut body).await,
+        ApiKey::InitProducerId => init_producer_id::handle(broker, &request, &mut body).await,
         other => Err(anyhow::anyhow!("no handler for {other:?}")),
     };
     match result {
