@@ -338,6 +338,20 @@ pub(crate) fn remove_snapshots_above(dir: &Path, end: u64) -> Result<()> {
     Ok(())
 }
 
+/// Removes the snapshots that belong to no segment: a crash between writing a roll's
+/// snapshot and creating its segment leaves one that retention would never delete.
+pub(crate) fn remove_orphan_snapshots(dir: &Path, segment_bases: &[u64]) -> Result<()> {
+    for o in list_snapshots(dir)?.into_iter().filter(|o| !segment_bases.contains(o)) {
+        let p = snapshot_path(dir, o);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::error::Error::io("removing orphan producer snapshot", p, e)),
+        }
+    }
+    Ok(())
+}
+
 /// A segment to replay: base offset, file, bytes of whole batches.
 pub(crate) type ReplaySegment = (u64, Rc<DmaFile>, u64);
 

@@ -170,6 +170,9 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
     let replay: Vec<crate::producer_state::ReplaySegment> =
         segments.iter().map(|s| (s.base_offset, s.file.clone(), s.data_bytes)).collect();
     let producers = crate::producer_state::rebuild(dir, &replay, log_end).await?;
+    // Only now: such a snapshot (at the log end) may just have spared the replay.
+    let bases: Vec<u64> = segments.iter().map(|s| s.base_offset).collect();
+    crate::producer_state::remove_orphan_snapshots(dir, &bases)?;
     tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = segments.len(), log_end, producers = producers.len(), "partition log opened");
     Ok(Recovered {
         segments,

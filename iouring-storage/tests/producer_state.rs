@@ -145,9 +145,15 @@ fn producer_state_survives_reopen_crash_and_lost_or_damaged_snapshots() {
         assert_last_five_are_duplicates(&log, &written).await;
         written.extend(append_both(&log, 40, 45).await);
         drop(log); // a crash after the commit: no close
+                   // A crash during a roll after its snapshot was written, before its segment was made:
+                   // the snapshot belongs to no segment and goes at open.
+        let orphan = path.join(format!("{:020}.snapshot", 1));
+        std::fs::copy(snapshots(&path).pop().unwrap(), &orphan).unwrap();
 
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         assert_last_five_are_duplicates(&log, &written).await;
+        assert!(!orphan.exists(), "orphan snapshot removed");
+        assert_eq!(snapshots(&path).len(), log.stats().segments - 1);
         drop(log);
 
         // The newest snapshot damaged: an older one and more replay give the same answers.
