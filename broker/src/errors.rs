@@ -1,6 +1,6 @@
 //! The one place where shard and storage errors become Kafka error codes.
 
-use iouring_storage::{BatchError, Error as StorageError};
+use iouring_storage::{BatchError, Error as StorageError, ProducerError};
 use kafka_protocol::error::ResponseError;
 use shard::Error as ShardError;
 
@@ -28,6 +28,15 @@ pub fn response_error(e: &ShardError) -> ResponseError {
                 BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
                 BatchError::BadMagic { .. } => ResponseError::UnsupportedForMessageFormat,
                 BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
+            },
+            // As Kafka's ProducerAppendInfo and LogValidator answer (3.x): an old epoch is
+            // INVALID_PRODUCER_EPOCH (since 2.7, not the fatal PRODUCER_FENCED), a gap or a new
+            // epoch not starting at 0 OUT_OF_ORDER_SEQUENCE_NUMBER, a negative sequence with a
+            // producer id INVALID_RECORD.
+            StorageError::Producer(p) => match p {
+                ProducerError::InvalidEpoch { .. } => ResponseError::InvalidProducerEpoch,
+                ProducerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+                ProducerError::InvalidSequence { .. } => ResponseError::InvalidRecord,
             },
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
@@ -74,5 +83,28 @@ mod tests {
             },
         };
         assert_eq!(code(&range), 1);
+        let producer = |e| ShardError::Storage {
+            tp: "t-0".into(),
+            source: StorageError::Producer(e),
+        };
+        let epoch = producer(ProducerError::InvalidEpoch {
+            producer_id: 1,
+            epoch: 0,
+            current_epoch: 1,
+        });
+        assert_eq!(code(&epoch), 47);
+        let gap = producer(ProducerError::OutOfOrderSequence {
+            producer_id: 1,
+            epoch: 0,
+            sequence: 5,
+            last_sequence: 2,
+            current_epoch: 0,
+        });
+        assert_eq!(code(&gap), 45);
+        let negative = producer(ProducerError::InvalidSequence {
+            producer_id: 1,
+            sequence: -1,
+        });
+        assert_eq!(code(&negative), 87);
     }
 }

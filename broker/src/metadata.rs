@@ -22,6 +22,10 @@ const FORMAT_VERSION: u32 = 1;
 const META_DIR: &str = "__cluster_metadata";
 const META_FILE: &str = "cluster.json";
 
+/// Producer ids reserved in the metadata at a time, as Kafka's controller hands them to
+/// brokers: one metadata write (an fsync) per this many InitProducerId requests.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
 /// One topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -50,6 +54,11 @@ pub struct ClusterMeta {
     pub format_version: u32,
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Every producer id below this may have been handed out (InitProducerId); ids are
+    /// reserved here, durably, a block at a time before any id of the block is used, so no id
+    /// is ever handed out twice, restarts included. Absent in files written before it existed.
+    #[serde(default)]
+    pub producer_ids_reserved: i64,
 }
 
 impl ClusterMeta {
@@ -82,6 +91,8 @@ pub enum MetaError {
     },
     #[error("metadata file {path} is unreadable: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("every producer id has been handed out")]
+    ProducerIdsExhausted,
 }
 
 /// The metadata of this broker, shared by all shards.
@@ -89,6 +100,8 @@ pub struct MetaStore {
     dir: PathBuf,
     current: ArcSwap<ClusterMeta>,
     write_lock: Mutex<()>,
+    /// The producer ids reserved and not yet handed out: `next..end`.
+    producer_ids: Mutex<std::ops::Range<i64>>,
     shards: usize,
     broker_defaults: Vec<(String, String)>,
 }
@@ -155,6 +168,7 @@ impl MetaStore {
                     format_version: FORMAT_VERSION,
                     cluster_id: uuid::Uuid::new_v4().simple().to_string(),
                     topics: BTreeMap::new(),
+                    producer_ids_reserved: 0,
                 },
                 true,
             ),
@@ -182,6 +196,9 @@ impl MetaStore {
             dir,
             current: ArcSwap::from_pointee(meta.clone()),
             write_lock: Mutex::new(()),
+            // Nothing reserved by this process yet: the first id reserves a block after every
+            // id an earlier process may have handed out.
+            producer_ids: Mutex::new(0..0),
             shards,
             broker_defaults,
         };
@@ -229,6 +246,31 @@ impl MetaStore {
             return None;
         }
         Some(self.effective(t).log_config())
+    }
+
+    /// A producer id from the block already reserved, if one is left and nobody else is
+    /// reserving. Never blocks: for the reactor, before falling back to `next_producer_id`.
+    pub fn try_next_producer_id(&self) -> Option<i64> {
+        let mut ids = self.producer_ids.try_lock().ok()?;
+        ids.next()
+    }
+
+    /// A producer id never handed out before, by this process or an earlier one. When the
+    /// reserved block is used up, reserves the next one durably first. Blocking (fsync):
+    /// call from a blocking thread.
+    pub fn next_producer_id(&self) -> Result<i64, MetaError> {
+        let mut ids = self.producer_ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(id) = ids.next() {
+            return Ok(id);
+        }
+        let start = self.update(|m, _| {
+            let start = m.producer_ids_reserved;
+            m.producer_ids_reserved = start.checked_add(PRODUCER_ID_BLOCK_SIZE).ok_or(MetaError::ProducerIdsExhausted)?;
+            Ok(start)
+        })??;
+        tracing::debug!(target: "broker", start, size = PRODUCER_ID_BLOCK_SIZE, "producer id block reserved");
+        *ids = start..start + PRODUCER_ID_BLOCK_SIZE;
+        Ok(ids.next().expect("a fresh block is not empty"))
     }
 
     /// Applies `change` to a copy of the metadata; if it returns Ok, persists and publishes
@@ -324,6 +366,45 @@ mod tests {
         std::fs::create_dir_all(dir.path().join(META_DIR)).unwrap();
         std::fs::write(dir.path().join(META_DIR).join(META_FILE), b"{ not json").unwrap();
         assert!(matches!(MetaStore::open(dir.path(), 1, vec![]), Err(MetaError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn producer_ids_are_unique_across_threads_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let store = MetaStore::open(dir.path(), 1, vec![]).unwrap();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        (0..600)
+                            .map(|_| store.try_next_producer_id().unwrap_or_else(|| store.next_producer_id().unwrap()))
+                            .collect::<Vec<i64>>()
+                    })
+                })
+                .collect();
+            for t in threads {
+                for id in t.join().unwrap() {
+                    assert!(id >= 0);
+                    assert!(seen.insert(id), "producer id {id} handed out twice");
+                }
+            }
+            // A restart never reuses the rest of a reserved block.
+            assert!(store.snapshot().producer_ids_reserved >= 2400);
+        }
+        assert_eq!(seen.len(), 4800);
+    }
+
+    #[test]
+    fn metadata_written_before_producer_ids_existed_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(META_DIR)).unwrap();
+        let old = r#"{"format_version": 1, "cluster_id": "c", "topics": {}}"#;
+        std::fs::write(dir.path().join(META_DIR).join(META_FILE), old).unwrap();
+        let store = MetaStore::open(dir.path(), 1, vec![]).unwrap();
+        assert_eq!(store.next_producer_id().unwrap(), 0);
+        assert_eq!(store.snapshot().producer_ids_reserved, PRODUCER_ID_BLOCK_SIZE);
     }
 
     #[test]

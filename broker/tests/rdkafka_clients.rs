@@ -9,7 +9,7 @@
 //! Consumers here `assign()` partitions from the beginning and never subscribe or commit, so
 //! that each test checks the data path alone (groups have `tests/consumer_groups.rs`);
 //! librdkafka refuses `assign()` without a `group.id`, so one is set and otherwise unused. The
-//! idempotent producer is off.
+//! idempotent producer is off here; `idempotence.rs` tests it.
 
 mod common;
 

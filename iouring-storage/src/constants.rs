@@ -54,11 +54,25 @@ pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1024;
 /// Preallocation step bounds: large steps keep ext4 O_DIRECT writes off the file-growing path.
 pub const PREALLOCATE_STEP_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 
+/// Batches remembered per idempotent producer for duplicate detection: Kafka's bound on
+/// `max.in.flight.requests.per.connection` with idempotence, so every batch a producer may
+/// still retry is recognised.
+pub const PRODUCER_BATCHES_MAX: usize = 5;
+
+/// Idempotent producers remembered per partition. Each costs about 200 bytes (with its
+/// `PRODUCER_BATCHES_MAX` batches) in memory and 172 in the segment-roll snapshot, so this
+/// bounds both at under 1 MiB per partition. At the bound, the producer whose last batch is
+/// oldest is forgotten, as Kafka's `producer.id.expiration.ms` would forget it first; it may
+/// then start again at any sequence.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 4096;
+
 /// Buffer of a segment rewrite (compaction): one rewrite holds one, whatever the segment size.
 pub const REWRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 const _: () = assert!(BATCH_HEADER_BYTES > BATCH_CRC_START);
 const _: () = assert!(REWRITE_BUFFER_BYTES % 4096 == 0);
+const _: () = assert!(PRODUCER_BATCHES_MAX <= u8::MAX as usize);
+const _: () = assert!(PRODUCERS_PER_PARTITION_MAX <= u32::MAX as usize);
 const _: () = assert!(WRITE_BUFFER_BYTES_MIN % 4096 == 0);
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX % 4096 == 0);
 const _: () = assert!(SCAN_CHUNK_BYTES % 4096 == 0);

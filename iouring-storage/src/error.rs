@@ -22,11 +22,30 @@ pub enum BatchError {
     CountMismatch { records_count: i32, last_offset_delta: i32 },
 }
 
+/// Why an idempotent producer's batch was refused (see `producer_state.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerError {
+    #[error("producer {producer_id} sent epoch {epoch}, older than its current epoch {current_epoch}")]
+    InvalidEpoch { producer_id: i64, epoch: i16, current_epoch: i16 },
+    #[error("producer {producer_id} epoch {epoch} sent sequence {sequence} after sequence {last_sequence} of epoch {current_epoch}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+        last_sequence: i32,
+        current_epoch: i16,
+    },
+    #[error("producer {producer_id} sent base sequence {sequence}; a batch with a producer id needs one of 0 or more")]
+    InvalidSequence { producer_id: i64, sequence: i32 },
+}
+
 /// Errors of the partition log.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("refused record batch: {0}")]
     InvalidBatch(#[from] BatchError),
+    #[error("refused producer batch: {0}")]
+    Producer(#[from] ProducerError),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

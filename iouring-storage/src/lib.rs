@@ -17,6 +17,7 @@ mod index;
 mod log;
 mod log_start;
 mod notify;
+mod producer_state;
 mod recovery;
 mod rewrite;
 mod segment;
@@ -24,7 +25,7 @@ mod writer;
 
 pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
 pub use config::LogConfig;
-pub use error::{BatchError, Error, Result};
+pub use error::{BatchError, Error, ProducerError, Result};
 pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 pub use rewrite::SegmentRewrite;
 

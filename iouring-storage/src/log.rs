@@ -19,6 +19,7 @@ use crate::constants::{BATCH_HEADER_BYTES, COMMITS_IN_FLIGHT_MAX, READ_BYTES_MAX
 use crate::error::{Error, Result};
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::notify::Notify;
+use crate::producer_state::{self, Check, ProducerState};
 use crate::segment;
 use crate::writer::Writer;
 
@@ -28,6 +29,10 @@ pub struct AppendInfo {
     pub base_offset: u64,
     pub last_offset: u64,
     pub max_timestamp: i64,
+    /// The batch was a retry of one already in the log (same idempotent producer, epoch and
+    /// sequences): nothing was appended, and the offsets are the original batch's. It may not
+    /// be durable yet; `wait_durable(last_offset + 1)` as for a fresh append.
+    pub duplicate: bool,
 }
 
 /// A sealed segment, announced once its data and indexes are durable and it will not change.
@@ -134,6 +139,9 @@ struct State {
     /// The persisted log start (`log_start.rs`); the log starts at the larger of this and the
     /// first segment's base (retention may have deleted past it).
     log_start_offset: u64,
+    /// Idempotent producers' epochs and last batches (`producer_state.rs`); changed only under
+    /// the append lock.
+    producers: ProducerState,
 }
 
 impl State {
@@ -329,6 +337,21 @@ impl PartitionLog {
         let header = batch::validate(batch_bytes, self.cfg().batch_bytes_max, CountCheck::Exact)?;
         let _permit = self.lock().await?;
         self.check_writable()?;
+        // Under the lock and before any byte is written, so the check sees every earlier batch
+        // and a refused or duplicate batch leaves no trace.
+        let check = self.state().producers.check(&header)?;
+        let idempotent = match check {
+            Check::Duplicate(original) => {
+                tracing::debug!(target: "iouring_storage", dir = %self.dir().display(), producer_id = header.producer_id, first_offset = original.first_offset, "duplicate batch answered with its original offsets");
+                return Ok(AppendInfo {
+                    base_offset: original.first_offset,
+                    last_offset: original.last_offset,
+                    max_timestamp: original.max_timestamp,
+                    duplicate: true,
+                });
+            }
+            Check::Append { idempotent } => idempotent,
+        };
         if self.roll_due(header.total_bytes as u64, now_ms) {
             self.roll_locked().await?;
         }
@@ -343,6 +366,9 @@ impl PartitionLog {
         let last_offset = base_offset + header.last_offset_delta as u64;
         let mut st = self.state_mut();
         st.log_end = last_offset + 1;
+        if idempotent {
+            st.producers.record(&header, base_offset);
+        }
         let seg = st.active_mut();
         let relative = u32::try_from(base_offset - seg.base_offset).expect("segment offsets fit u32");
         let pos32 = u32::try_from(position).expect("segment size below 4 GiB");
@@ -354,6 +380,7 @@ impl PartitionLog {
             base_offset,
             last_offset,
             max_timestamp: header.max_timestamp,
+            duplicate: false,
         })
     }
 
@@ -586,6 +613,13 @@ impl PartitionLog {
             .map_err(|e| self.poison(format!("writing index of segment {base}: {e}")))?;
 
         let new_base = self.state().log_end;
+        // The producer state as of the new segment's base, so that opening the log replays only
+        // the active segment. Made durable before the new segment exists (the directory fsync
+        // below covers its name).
+        let snapshot = self.state().producers.encode(new_base);
+        segment::write_file_durably(&producer_state::snapshot_path(&dir, new_base), &snapshot)
+            .await
+            .map_err(|e| self.poison(format!("writing producer snapshot at {new_base}: {e}")))?;
         let new_file = segment::open_data_file(&segment::log_path(&dir, new_base), true)
             .await
             .map_err(|e| self.poison(e.to_string()))?;
@@ -929,10 +963,13 @@ impl PartitionLog {
         }
         let dir = self.dir().to_owned();
         for &b in bases {
+            // A sealed segment's snapshot goes with it; the newest, at the active segment's
+            // base, stays.
             for path in [
                 segment::log_path(&dir, b),
                 segment::index_path(&dir, b),
                 segment::time_index_path(&dir, b),
+                producer_state::snapshot_path(&dir, b),
             ] {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -1025,21 +1062,35 @@ impl PartitionLog {
                 .map_err(|e| Error::io("reading tail block", &path, e))?
                 .to_vec()
         };
-        let mut st = self.state_mut();
-        st.truncations += 1;
-        if lower_start {
-            st.log_start_offset = new_end;
-        }
-        st.log_end = new_end;
-        st.durable_end = new_end;
-        st.commit_covers = new_end;
-        st.writer = Writer::new(file.clone(), self.cfg().write_buffer_bytes, cut_pos, &tail, cut_pos);
-        let seg = st.segments.get_mut(&base).expect("segment kept");
-        seg.data_bytes = cut_pos;
-        seg.durable_bytes = cut_pos;
-        seg.next_offset = new_end;
-        seg.index = index;
-        drop(st);
+        let replay: Vec<producer_state::ReplaySegment> = {
+            let mut st = self.state_mut();
+            st.truncations += 1;
+            if lower_start {
+                st.log_start_offset = new_end;
+            }
+            st.log_end = new_end;
+            st.durable_end = new_end;
+            st.commit_covers = new_end;
+            st.writer = Writer::new(file.clone(), self.cfg().write_buffer_bytes, cut_pos, &tail, cut_pos);
+            let seg = st.segments.get_mut(&base).expect("segment kept");
+            seg.data_bytes = cut_pos;
+            seg.durable_bytes = cut_pos;
+            seg.next_offset = new_end;
+            seg.index = index;
+            st.segments
+                .values()
+                .map(|s| (s.base_offset, s.file.clone(), s.data_bytes))
+                .collect()
+        };
+        // The producer state forgets the removed batches: rebuilt from a snapshot at or below
+        // the new end (later ones describe removed data) and the batches after it.
+        // A failure here would leave the state describing removed batches: poison.
+        producer_state::remove_snapshots_above(&dir, new_end)
+            .map_err(|e| self.poison(format!("removing producer snapshots above {new_end}: {e}")))?;
+        let producers = producer_state::rebuild(&dir, &replay, new_end)
+            .await
+            .map_err(|e| self.poison(format!("rebuilding producer state after truncation: {e}")))?;
+        self.state_mut().producers = producers;
         self.inner.durable_changed.notify_all();
         tracing::info!(target: "iouring_storage", dir = %dir.display(), offset, new_end, "log truncated");
         Ok(new_end)
@@ -1071,6 +1122,7 @@ pub(crate) struct Recovered {
     pub writer: Writer,
     /// The persisted log start, at most the log end.
     pub log_start_offset: u64,
+    pub producers: ProducerState,
 }
 
 impl Recovered {
@@ -1106,6 +1158,7 @@ impl Recovered {
             truncations: 0,
             fdatasyncs: 0,
             log_start_offset: self.log_start_offset,
+            producers: self.producers,
         }
     }
 }

@@ -164,11 +164,21 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
     };
     let allocated = active.file.file_size().await.map_err(|e| Error::io("sizing segment", &path, e))?;
     let writer = Writer::new(active.file.clone(), config.write_buffer_bytes, data_end, &tail, allocated);
-    tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = segments.len(), log_end = active.next_offset, "partition log opened");
+    let log_end = active.next_offset;
+    // Snapshots above the recovered end describe data a crash or corruption took back.
+    crate::producer_state::remove_snapshots_above(dir, log_end)?;
+    let replay: Vec<crate::producer_state::ReplaySegment> =
+        segments.iter().map(|s| (s.base_offset, s.file.clone(), s.data_bytes)).collect();
+    let producers = crate::producer_state::rebuild(dir, &replay, log_end).await?;
+    // Only now: such a snapshot (at the log end) may just have spared the replay.
+    let bases: Vec<u64> = segments.iter().map(|s| s.base_offset).collect();
+    crate::producer_state::remove_orphan_snapshots(dir, &bases)?;
+    tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = segments.len(), log_end, producers = producers.len(), "partition log opened");
     Ok(Recovered {
         segments,
         writer,
         log_start_offset,
+        producers,
     })
 }
 
@@ -197,6 +207,7 @@ async fn recover_log_start(dir: &Path, segments: &mut Vec<RecoveredSegment>) -> 
             segment::log_path(dir, s.base_offset),
             segment::index_path(dir, s.base_offset),
             segment::time_index_path(dir, s.base_offset),
+            crate::producer_state::snapshot_path(dir, s.base_offset),
         ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

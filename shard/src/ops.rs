@@ -14,7 +14,9 @@ use crate::{Result, TopicPartition};
 #[derive(Debug)]
 pub enum Op {
     /// Append one record batch. With `durable`, answer after the group commit that covers it;
-    /// without, answer once appended and commit in the background.
+    /// without, answer once appended and commit in the background. An idempotent producer's
+    /// retry of a batch already in the log is answered with the original offsets
+    /// (`AppendInfo::duplicate`), durable ones when `durable`.
     Append {
         tp: TopicPartition,
         batch: Bytes,

@@ -236,11 +236,16 @@ impl Partitions {
             source,
         };
         let info = log.append(&batch, leader_epoch, now_ms).await.map_err(storage)?;
-        // Still in line, so the cache sees this partition's batches in offset order.
-        self.cache.insert(tp, batch, info.base_offset, info.last_offset, leader_epoch);
+        // Still in line, so the cache sees this partition's batches in offset order. A
+        // duplicate (an idempotent producer's retry) appended nothing: its offsets are the
+        // original batch's, which is cached already or older than the cache.
+        if !info.duplicate {
+            self.cache.insert(tp, batch, info.base_offset, info.last_offset, leader_epoch);
+        }
         // The offsets are assigned: the next append may go while this one waits for the disk.
         drop(my_turn_done);
         if durable {
+            // For a duplicate too: its original batch may still be on its way to the disk.
             log.wait_durable(info.last_offset + 1).await.map_err(storage)?;
         } else {
             // Nobody waits, but readers only see durable data: commit soon, grouped with others.
@@ -555,6 +560,45 @@ mod tests {
             OpResult::Read(Ok((data, _))) => data,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_idempotent_retry_gets_the_original_offsets_and_is_not_cached_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let provider: LogConfigProvider = Arc::new(|tp: &TopicPartition| (tp.topic == "t").then(small_config));
+            let parts = Partitions::new(ShardId(0), data_dir, provider);
+            let tp = TopicPartition::new("t", 0);
+            let idempotent = |seq: i32| {
+                let mut b = iouring_storage::testing::build_batch(2, 100, 0, 0);
+                b[43..51].copy_from_slice(&42i64.to_be_bytes());
+                b[51..53].copy_from_slice(&0i16.to_be_bytes());
+                b[53..57].copy_from_slice(&seq.to_be_bytes());
+                let crc = iouring_storage::compute_crc(&b);
+                b[17..21].copy_from_slice(&crc.to_be_bytes());
+                Bytes::from(b)
+            };
+            for seq in [0, 2] {
+                let (info, _) = parts.append(&tp, idempotent(seq), 0, 0, true).await.unwrap();
+                assert!(!info.duplicate);
+            }
+            for durable in [true, false] {
+                let (info, offsets) = parts.append(&tp, idempotent(0), 0, 0, durable).await.unwrap();
+                assert!(info.duplicate);
+                assert_eq!((info.base_offset, info.last_offset), (0, 1));
+                assert_eq!(offsets.log_end, 4, "nothing appended");
+            }
+            assert_eq!(parts.batch_cache_stats().entries, 2);
+            let gap = parts.append(&tp, idempotent(6), 0, 0, true).await.unwrap_err();
+            assert!(matches!(
+                gap,
+                Error::Storage {
+                    source: iouring_storage::Error::Producer(iouring_storage::ProducerError::OutOfOrderSequence { .. }),
+                    ..
+                }
+            ));
+        });
     }
 
     #[test]

@@ -139,6 +139,7 @@ mod tests {
             format_version: 1,
             cluster_id: "c".into(),
             topics: BTreeMap::new(),
+            producer_ids_reserved: 0,
         };
         add_topic(&mut m, 2, "a", 3, BTreeMap::new());
         add_topic(&mut m, 2, "b", 2, BTreeMap::new());

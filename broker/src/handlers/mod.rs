@@ -17,6 +17,7 @@ mod fetch;
 mod find_coordinator;
 mod heartbeat;
 mod incremental_alter_configs;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
 mod list_groups;
@@ -62,6 +63,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `key` this broker supports.
@@ -164,6 +166,7 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
         ApiKey::DescribeGroups => describe_groups::handle(broker, &request, &mut body).await,
         ApiKey::DeleteGroups => delete_groups::handle(broker, &request, &mut body).await,
         ApiKey::OffsetDelete => offset_delete::handle(broker, &request, &mut body).await,
+        ApiKey::InitProducerId => init_producer_id::handle(broker, &request, &mut body).await,
         other => Err(anyhow::anyhow!("no handler for {other:?}")),
     };
     match result {

@@ -1,6 +1,7 @@
 //! Produce (key 0), versions 3-13: each partition's batch goes to its owner shard (one mesh
 //! message per owner); acks=all answers after the group commit that covers the batch, acks=1
-//! after the append, acks=0 not at all.
+//! after the append, acks=0 not at all. Idempotent producers' batches are checked by the log
+//! (`iouring_storage` producer state): a retry is answered with the original offsets.
 
 use std::collections::BTreeMap;
 
@@ -123,7 +124,12 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         let answer = &mut responses[slot.topic].partition_responses[slot.partition];
         match result {
             Ok(OpResult::Appended(Ok((info, offsets)))) => {
+                // A duplicate (an idempotent producer's retry) gets the original batch's
+                // offsets, and under LogAppendTime its time, as Kafka answers it.
                 answer.base_offset = info.base_offset as i64;
+                if info.duplicate && answer.log_append_time_ms != -1 {
+                    answer.log_append_time_ms = info.max_timestamp;
+                }
                 if request.version >= 5 {
                     answer.log_start_offset = offsets.log_start as i64;
                 }
