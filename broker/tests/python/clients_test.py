@@ -18,6 +18,7 @@ import zlib
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.codec import gzip_encode, lz4_encode, snappy_encode, zstd_encode
 from kafka.errors import MessageSizeTooLargeError
 from kafka.protocol.fetch import FetchRequest
 from kafka.protocol.parser import KafkaProtocol
@@ -34,6 +35,8 @@ REQUEST_TIMEOUT_MS = 10000
 
 # kafka-python's names for the codecs and the batch attribute bits they set.
 CODECS = {"gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+# kafka-python's own compressors, by codec name.
+ENCODERS = {"gzip": gzip_encode, "snappy": snappy_encode, "lz4": lz4_encode, "zstd": zstd_encode}
 
 BOOTSTRAP = None
 
@@ -190,7 +193,8 @@ def consume_exact(expected, start=None, cons=None, timeout_s=CONSUME_TIMEOUT_S, 
 
 def fetch_raw(tp, offset, max_bytes=4 * 1024 * 1024):
     """The record batches the broker returns for one partition, parsed by kafka-python's
-    record code: (base offset, last offset, compression type, record count) per batch."""
+    record code: (base offset, last offset, compression type, record count, the batch's bytes)
+    per batch."""
     request = FetchRequest[4](
         replica_id=-1,
         max_wait_time=0,
@@ -219,7 +223,7 @@ def fetch_raw(tp, offset, max_bytes=4 * 1024 * 1024):
         b = mr.next_batch()
         if b is None:
             break
-        batches.append((b.base_offset, b.last_offset, b.compression_type, len(list(b))))
+        batches.append((b.base_offset, b.last_offset, b.compression_type, len(list(b)), bytes(b._buffer)))
     return batches
 
 
@@ -269,7 +273,18 @@ def case_codecs():
             batches = fetch_raw(tp, 0)
             want_codec = CODECS.get(codec, 0)
             for b in batches:
+                if b[2] == 0 and want_codec != 0:
+                    # kafka-python sends a batch uncompressed when the codec would not make it
+                    # smaller (DefaultRecordBatchBuilder._maybe_compress): check that is why.
+                    records = b[4][61:]
+                    compressed = ENCODERS[codec](records)
+                    check(
+                        len(compressed) >= len(records),
+                        "batch at %d of %s is uncompressed though %s shrinks it" % (b[0], tp, codec),
+                    )
+                    continue
                 check_eq(b[2], want_codec, "compression type of the batch at %d of %s" % (b[0], tp))
+            check(any(b[2] == want_codec for b in batches), "no batch of %s carries codec %s" % (tp, codec))
             check_eq(sum(b[3] for b in batches), len(records), "records in the raw batches of %s" % (tp,))
             check(len(batches) < len(records), "%s: %d records in %d batches: the producer did not batch" % (tp, len(records), len(batches)))
             # Batches are contiguous and cover exactly the records produced.
