@@ -27,7 +27,8 @@ pub fn response_error(e: &ShardError) -> ResponseError {
                 }
                 BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
                 BatchError::BadMagic { .. } => ResponseError::UnsupportedForMessageFormat,
-                BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
+                // Kafka's LogValidator refuses control batches from clients with INVALID_RECORD.
+                BatchError::CountMismatch { .. } | BatchError::ControlFromClient { .. } => ResponseError::InvalidRecord,
             },
             // As Kafka's ProducerAppendInfo and LogValidator answer (3.x): an old epoch is
             // INVALID_PRODUCER_EPOCH (since 2.7, not the fatal PRODUCER_FENCED), a gap or a new
@@ -37,6 +38,9 @@ pub fn response_error(e: &ShardError) -> ResponseError {
                 ProducerError::InvalidEpoch { .. } => ResponseError::InvalidProducerEpoch,
                 ProducerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
                 ProducerError::InvalidSequence { .. } => ResponseError::InvalidRecord,
+                // A transaction marker from a coordinator that lost its partition (Kafka's
+                // `checkCoordinatorEpoch`).
+                ProducerError::CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
             },
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             StorageError::Closed { .. } => ResponseError::NotLeaderOrFollower,
@@ -106,5 +110,16 @@ mod tests {
             sequence: -1,
         });
         assert_eq!(code(&negative), 87);
+        let fenced = producer(ProducerError::CoordinatorFenced {
+            producer_id: 1,
+            coordinator_epoch: 0,
+            current_coordinator_epoch: 1,
+        });
+        assert_eq!(code(&fenced), 52);
+        let control = ShardError::Storage {
+            tp: "t-0".into(),
+            source: StorageError::InvalidBatch(BatchError::ControlFromClient { attributes: 0x30 }),
+        };
+        assert_eq!(code(&control), 87);
     }
 }

@@ -19,10 +19,47 @@
 //! | 57..61 | recordsCount i32     | yes |
 //! | 61..   | records (possibly compressed) | yes |
 //!
-//! Only this header is Kafka knowledge inside the storage crate; records are never parsed here.
+//! Only this header is Kafka knowledge inside the storage crate, with one exception: the
+//! transaction markers (control batches) that the log writes itself (`control_batch`) and
+//! reads back when it rebuilds producer state (`parse_marker`). Client records are never
+//! parsed here.
+//!
+//! A transaction marker is Kafka's control batch: attributes `0x30` (control and
+//! transactional), the producer's id and epoch, base sequence -1, one uncompressed record:
+//!
+//! | bytes (after the 61-byte header) | field |
+//! |-------|-------|
+//! | 0     | record length, zigzag varint = 16 |
+//! | 1     | record attributes i8 = 0 |
+//! | 2     | timestamp delta, zigzag varlong = 0 |
+//! | 3     | offset delta, zigzag varint = 0 |
+//! | 4     | key length, zigzag varint = 4 |
+//! | 5..9  | key: version i16 = 0, type i16 (0 abort, 1 commit) |
+//! | 9     | value length, zigzag varint = 6 |
+//! | 10..16| value: version i16 = 0, coordinator epoch i32 |
+//! | 16    | header count, zigzag varint = 0 |
 
 use crate::constants::{BATCH_CRC_START, BATCH_HEADER_BYTES, BATCH_LENGTH_PREFIX_BYTES};
 use crate::error::BatchError;
+
+/// Attribute bit of a transactional batch.
+pub const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
+
+/// Attribute bit of a control batch (a transaction marker, written only by the log).
+pub const ATTRIBUTE_CONTROL: i16 = 0x20;
+
+/// Control record type of an abort marker (Kafka's `ControlRecordType.ABORT`).
+const MARKER_TYPE_ABORT: i16 = 0;
+
+/// Control record type of a commit marker (`ControlRecordType.COMMIT`).
+const MARKER_TYPE_COMMIT: i16 = 1;
+
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
 
 /// The fields of a batch header that the log uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +81,14 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTRIBUTE_CONTROL != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTRIBUTE_TRANSACTIONAL != 0
+    }
+
     /// Offset of the last record in the batch.
     pub fn last_offset(&self) -> i64 {
         self.base_offset + i64::from(self.last_offset_delta)
@@ -137,6 +182,85 @@ pub fn validate(bytes: &[u8], max_bytes: usize, count: CountCheck) -> Result<Bat
     Ok(header)
 }
 
+/// A transaction marker as Kafka writes one (format in the module documentation), base offset
+/// 0 until the log stamps it.
+pub fn control_batch(producer_id: i64, producer_epoch: i16, marker: Marker, timestamp: i64) -> Vec<u8> {
+    let kind = if marker.commit { MARKER_TYPE_COMMIT } else { MARKER_TYPE_ABORT };
+    let mut record = vec![32u8, 0, 0, 0, 8];
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&kind.to_be_bytes());
+    record.push(12);
+    record.extend_from_slice(&0i16.to_be_bytes());
+    record.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    record.push(0);
+    let total = BATCH_HEADER_BYTES + record.len();
+    let mut b = vec![0u8; BATCH_HEADER_BYTES];
+    b[8..12].copy_from_slice(&((total - BATCH_LENGTH_PREFIX_BYTES) as i32).to_be_bytes());
+    b[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    b[16] = 2;
+    b[21..23].copy_from_slice(&(ATTRIBUTE_CONTROL | ATTRIBUTE_TRANSACTIONAL).to_be_bytes());
+    b[27..35].copy_from_slice(&timestamp.to_be_bytes());
+    b[35..43].copy_from_slice(&timestamp.to_be_bytes());
+    b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    b[57..61].copy_from_slice(&1i32.to_be_bytes());
+    b.extend_from_slice(&record);
+    let crc = compute_crc(&b);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Reads a zigzag varint (at most 10 bytes) at `*at`, moving past it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// The transaction marker in a whole control batch, or `None` when it is not one (another
+/// control record type, such as KRaft's, or a malformed record). Reads the first record's key
+/// and value only.
+pub fn parse_marker(batch: &[u8]) -> Option<Marker> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if !h.is_control() || h.records_count < 1 || batch.len() < h.total_bytes {
+        return None;
+    }
+    let records = &batch[BATCH_HEADER_BYTES..h.total_bytes];
+    let mut at = 0;
+    let _length = read_varint(records, &mut at)?;
+    at += 1; // record attributes
+    let _timestamp_delta = read_varint(records, &mut at)?;
+    let _offset_delta = read_varint(records, &mut at)?;
+    // Kafka's key is version and type (4 bytes); a newer version may add fields after them.
+    let key_len = usize::try_from(read_varint(records, &mut at)?).ok()?;
+    if key_len < 4 {
+        return None;
+    }
+    let key = records.get(at..at.checked_add(key_len)?)?;
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        MARKER_TYPE_ABORT => false,
+        MARKER_TYPE_COMMIT => true,
+        _ => return None,
+    };
+    at += key_len;
+    let value_len = read_varint(records, &mut at)?;
+    let coordinator_epoch = if value_len >= 6 {
+        let v = records.get(at..at + 6)?;
+        i32::from_be_bytes([v[2], v[3], v[4], v[5]])
+    } else {
+        -1
+    };
+    Some(Marker { commit, coordinator_epoch })
+}
+
 /// Writes the fields the log owns (base offset, partition leader epoch) into a batch. They lie
 /// outside the CRC-covered region, so the batch stays valid.
 pub fn stamp(bytes: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
@@ -201,6 +325,47 @@ mod tests {
     /// The oracle: a table-driven CRC-32C from a different crate than the one the log uses.
     fn oracle_crc(bytes: &[u8]) -> u32 {
         crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(bytes)
+    }
+
+    #[test]
+    fn markers_round_trip_and_garbage_is_no_marker() {
+        for (commit, coordinator_epoch) in [(true, 0), (false, 7), (true, i32::MAX), (false, -1)] {
+            let m = Marker { commit, coordinator_epoch };
+            let b = control_batch(42, 3, m, 1000);
+            let h = validate(&b, MAX, CountCheck::Exact).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence, h.records_count), (42, 3, -1, 1));
+            assert_eq!(b.len(), 78, "Kafka's marker batch is 78 bytes");
+            assert_eq!(parse_marker(&b), Some(m));
+            for n in 0..b.len() {
+                let _ = parse_marker(&b[..n]);
+            }
+        }
+        // Not a control batch, or another control record type: no marker.
+        assert_eq!(parse_marker(&build_batch(1, 20, 0, 0)), None);
+        let mut other = control_batch(
+            1,
+            0,
+            Marker {
+                commit: true,
+                coordinator_epoch: 0,
+            },
+            0,
+        );
+        other[BATCH_HEADER_BYTES + 8] = 2;
+        assert_eq!(parse_marker(&other), None);
+    }
+
+    proptest! {
+        #[test]
+        fn parse_marker_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut b = control_batch(1, 0, Marker { commit: false, coordinator_epoch: 0 }, 0);
+            b.truncate(BATCH_HEADER_BYTES);
+            b.extend_from_slice(&tail);
+            let total = b.len() as i32 - BATCH_LENGTH_PREFIX_BYTES as i32;
+            b[8..12].copy_from_slice(&total.to_be_bytes());
+            let _ = parse_marker(&b);
+        }
     }
 
     #[test]

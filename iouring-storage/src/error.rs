@@ -20,6 +20,8 @@ pub enum BatchError {
     BadCrc { stored: u32, computed: u32 },
     #[error("record count {records_count} does not match lastOffsetDelta {last_offset_delta}")]
     CountMismatch { records_count: i32, last_offset_delta: i32 },
+    #[error("control batches (attributes {attributes:#06x}) are written by the log only, never by a client")]
+    ControlFromClient { attributes: i16 },
 }
 
 /// Why an idempotent producer's batch was refused (see `producer_state.rs`).
@@ -37,6 +39,14 @@ pub enum ProducerError {
     },
     #[error("producer {producer_id} sent base sequence {sequence}; a batch with a producer id needs one of 0 or more")]
     InvalidSequence { producer_id: i64, sequence: i32 },
+    #[error(
+        "transaction marker for producer {producer_id} from coordinator epoch {coordinator_epoch}, older than {current_coordinator_epoch}"
+    )]
+    CoordinatorFenced {
+        producer_id: i64,
+        coordinator_epoch: i32,
+        current_coordinator_epoch: i32,
+    },
 }
 
 /// Errors of the partition log.

@@ -3,8 +3,9 @@
 //! recovery, retention and truncation.
 //!
 //! Architecture invariant: this crate knows the record batch header (to validate and stamp it)
-//! and nothing else of Kafka: it never parses records, never decompresses, never speaks the
-//! wire protocol, and never talks to an object store.
+//! and the transaction marker it writes itself, and nothing else of Kafka: it never parses
+//! client records, never decompresses, never speaks the wire protocol, and never talks to an
+//! object store.
 //!
 //! Architecture invariant: the page cache is never used for segment data or indexes; every file
 //! is opened with O_DIRECT, and alignment comes from the device (`DmaFile::alignment`).
@@ -23,10 +24,11 @@ mod rewrite;
 mod segment;
 mod writer;
 
-pub use batch::{compute_crc, stamp, testing, validate, BatchHeader, CountCheck};
+pub use batch::{compute_crc, control_batch, parse_marker, stamp, testing, validate, BatchHeader, CountCheck, Marker};
 pub use config::LogConfig;
 pub use error::{BatchError, Error, ProducerError, Result};
 pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
+pub use producer_state::AbortedTxn;
 pub use rewrite::SegmentRewrite;
 
 #[doc(hidden)]

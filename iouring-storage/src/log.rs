@@ -13,13 +13,14 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 
-use crate::batch::{self, BatchHeader, CountCheck};
+use crate::batch::{self, BatchHeader, CountCheck, Marker};
 use crate::config::LogConfig;
 use crate::constants::{BATCH_HEADER_BYTES, COMMITS_IN_FLIGHT_MAX, READ_BYTES_MAX};
+use crate::error::BatchError;
 use crate::error::{Error, Result};
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::notify::Notify;
-use crate::producer_state::{self, Check, ProducerState};
+use crate::producer_state::{self, AbortedTxn, Check, ProducerState};
 use crate::segment;
 use crate::writer::Writer;
 
@@ -93,6 +94,10 @@ pub struct LogOffsets {
     pub durable_end: u64,
     /// Next offset to be assigned.
     pub log_end: u64,
+    /// The last stable offset (KIP-98): the first offset of the oldest open transaction, or
+    /// the durable end when none is open; never above the durable end nor below the log
+    /// start. read_committed readers see only what lies below it.
+    pub last_stable: u64,
 }
 
 struct Segment {
@@ -156,6 +161,11 @@ impl State {
     fn log_start(&self) -> u64 {
         let first = *self.segments.keys().next().expect("a log always has an active segment");
         first.max(self.log_start_offset)
+    }
+
+    fn last_stable(&self) -> u64 {
+        let open = self.producers.first_unstable().unwrap_or(u64::MAX);
+        open.min(self.durable_end).max(self.log_start())
     }
 }
 
@@ -221,7 +231,15 @@ impl PartitionLog {
             log_start: st.log_start(),
             durable_end: st.durable_end,
             log_end: st.log_end,
+            last_stable: st.last_stable(),
         }
+    }
+
+    /// The aborted transactions that overlap `[from, to)` (last offset at or after `from`, first
+    /// offset below `to`), by last offset: what a read_committed fetch of that range lists so
+    /// the client drops those producers' batches. Kept in memory; see `producer_state.rs`.
+    pub fn aborted_transactions(&self, from: u64, to: u64) -> Vec<AbortedTxn> {
+        self.state().producers.aborted_between(from, to)
     }
 
     /// Counters for tests and metrics.
@@ -335,6 +353,14 @@ impl PartitionLog {
     /// [`PartitionLog::commit`] or [`PartitionLog::wait_durable`]. `now_ms` drives `segment_ms`.
     pub async fn append(&self, batch_bytes: &[u8], partition_leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let header = batch::validate(batch_bytes, self.cfg().batch_bytes_max, CountCheck::Exact)?;
+        // Only the log writes control batches (`append_marker`); Kafka's LogValidator refuses
+        // them from clients too.
+        if header.is_control() {
+            return Err(BatchError::ControlFromClient {
+                attributes: header.attributes,
+            }
+            .into());
+        }
         let _permit = self.lock().await?;
         self.check_writable()?;
         // Under the lock and before any byte is written, so the check sees every earlier batch
@@ -352,6 +378,50 @@ impl PartitionLog {
             }
             Check::Append { idempotent } => idempotent,
         };
+        let info = self.append_locked(batch_bytes, &header, partition_leader_epoch, now_ms).await?;
+        if idempotent {
+            self.state_mut().producers.record(&header, info.base_offset);
+        }
+        Ok(info)
+    }
+
+    /// Appends a transaction marker for `producer_id` (Kafka's control batch, built here: see
+    /// `batch.rs`), ending its open transaction on this partition: a commit lets the last
+    /// stable offset pass it, an abort adds it to the aborted transactions. A marker for a
+    /// producer with no open transaction is written too, as Kafka does. Refused with
+    /// `ProducerError::InvalidEpoch` below the producer's epoch and `CoordinatorFenced` below
+    /// the last marker's coordinator epoch. Returns where it landed and the batch as written
+    /// before stamping (for a cache); like `append`, it is not durable yet.
+    pub async fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        partition_leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<(AppendInfo, Vec<u8>)> {
+        let bytes = batch::control_batch(producer_id, producer_epoch, marker, now_ms);
+        let header = BatchHeader::parse(&bytes).expect("a batch the log built parses");
+        let _permit = self.lock().await?;
+        self.check_writable()?;
+        self.state()
+            .producers
+            .check_marker(producer_id, producer_epoch, marker.coordinator_epoch)?;
+        let info = self.append_locked(&bytes, &header, partition_leader_epoch, now_ms).await?;
+        self.state_mut()
+            .producers
+            .record_marker(producer_id, producer_epoch, marker, info.base_offset);
+        Ok((info, bytes))
+    }
+
+    /// Writes a checked batch at the log end and indexes it. Caller holds the append lock.
+    async fn append_locked(
+        &self,
+        batch_bytes: &[u8],
+        header: &BatchHeader,
+        partition_leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
         if self.roll_due(header.total_bytes as u64, now_ms) {
             self.roll_locked().await?;
         }
@@ -366,9 +436,6 @@ impl PartitionLog {
         let last_offset = base_offset + header.last_offset_delta as u64;
         let mut st = self.state_mut();
         st.log_end = last_offset + 1;
-        if idempotent {
-            st.producers.record(&header, base_offset);
-        }
         let seg = st.active_mut();
         let relative = u32::try_from(base_offset - seg.base_offset).expect("segment offsets fit u32");
         let pos32 = u32::try_from(position).expect("segment size below 4 GiB");
@@ -665,10 +732,20 @@ impl PartitionLog {
     /// first, then following batches while the total stays within `max_bytes`. The first batch
     /// is returned whole even if larger. Empty at the durable end; an error outside the log.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadBatches>> {
+        self.read_below(offset, max_bytes, false).await
+    }
+
+    /// As `read`, for a read_committed consumer: only batches below the last stable offset
+    /// (an open transaction's batches and everything after them wait for its marker).
+    pub async fn read_committed(&self, offset: u64, max_bytes: usize) -> Result<Option<ReadBatches>> {
+        self.read_below(offset, max_bytes, true).await
+    }
+
+    async fn read_below(&self, offset: u64, max_bytes: usize, committed: bool) -> Result<Option<ReadBatches>> {
         let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
         let mut offset = offset;
         loop {
-            let (file, base, start_pos, end_pos, path) = {
+            let (file, base, start_pos, end_pos, path, limit) = {
                 let st = self.state();
                 let (log_start, durable_end) = (st.log_start(), st.durable_end);
                 if offset < log_start || offset > st.log_end {
@@ -678,7 +755,8 @@ impl PartitionLog {
                         log_end: st.log_end,
                     });
                 }
-                if offset >= durable_end {
+                let limit = if committed { st.last_stable() } else { durable_end };
+                if offset >= limit {
                     return Ok(None);
                 }
                 let (&base, seg) = st.segments.range(..=offset).next_back().expect("offset is at or above log start");
@@ -690,9 +768,10 @@ impl PartitionLog {
                     u64::from(pos),
                     seg.durable_bytes,
                     segment::log_path(self.dir(), base),
+                    limit,
                 )
             };
-            if let Some(found) = self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes).await? {
+            if let Some(found) = self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes, limit).await? {
                 return Ok(Some(found));
             }
             // Nothing at or after `offset` in this segment: continue in the next one.
@@ -704,6 +783,9 @@ impl PartitionLog {
         }
     }
 
+    /// Whole batches from the one holding `offset`, within `end` bytes of the file and below
+    /// offset `limit` (batches never straddle it: it is a batch's base or the durable end).
+    #[allow(clippy::too_many_arguments)]
     async fn read_from(
         &self,
         file: &DmaFile,
@@ -712,6 +794,7 @@ impl PartitionLog {
         mut pos: u64,
         end: u64,
         max_bytes: usize,
+        limit: u64,
     ) -> Result<Option<ReadBatches>> {
         // Skip batches ending before `offset`, reading headers only.
         let mut first: Option<BatchHeader> = None;
@@ -735,6 +818,9 @@ impl PartitionLog {
             }
             return Ok(None);
         };
+        if first.base_offset as u64 >= limit {
+            return Ok(None);
+        }
         let want = (max_bytes.max(first.total_bytes) as u64).min(end - pos) as usize;
         let bytes = file.read_at(pos, want).await.map_err(|e| Error::io("reading segment", path, e))?;
         // Keep whole batches only.
@@ -746,7 +832,7 @@ impl PartitionLog {
                 path: path.to_owned(),
                 detail: e.to_string(),
             })?;
-            if len + h.total_bytes > bytes.len() || (len > 0 && len + h.total_bytes > max_bytes) {
+            if len + h.total_bytes > bytes.len() || (len > 0 && len + h.total_bytes > max_bytes) || h.base_offset as u64 >= limit {
                 break;
             }
             len += h.total_bytes;
@@ -864,6 +950,7 @@ impl PartitionLog {
                 .collect()
         };
         self.delete_segments(&doomed).await?;
+        self.forget_aborted_below_start();
         tracing::info!(target: "iouring_storage", dir = %self.dir().display(), log_start = offset, segments_deleted = doomed.len(), "records deleted");
         Ok(offset)
     }
@@ -892,10 +979,19 @@ impl PartitionLog {
             doomed
         };
         self.delete_segments(&doomed).await?;
+        self.forget_aborted_below_start();
         if !doomed.is_empty() {
             tracing::info!(target: "iouring_storage", dir = %self.dir().display(), segments = doomed.len(), log_start = self.offsets().log_start, "retention deleted segments");
         }
         Ok(doomed)
+    }
+
+    /// Aborted transactions that end below the log start can no longer be read past: gone
+    /// from memory now, and from the next snapshot.
+    fn forget_aborted_below_start(&self) {
+        let mut st = self.state_mut();
+        let start = st.log_start();
+        st.producers.forget_aborted_below(start);
     }
 
     /// The partition directory.
@@ -1146,7 +1242,7 @@ impl Recovered {
                 )
             })
             .collect();
-        State {
+        let mut st = State {
             segments,
             writer: self.writer,
             log_end,
@@ -1159,6 +1255,10 @@ impl Recovered {
             fdatasyncs: 0,
             log_start_offset: self.log_start_offset,
             producers: self.producers,
-        }
+        };
+        // The newest snapshot may list aborts whose segments retention has deleted since.
+        let start = st.log_start();
+        st.producers.forget_aborted_below(start);
+        st
     }
 }

@@ -265,6 +265,7 @@ mod tests {
             log_start,
             durable_end,
             log_end: durable_end + 100,
+            last_stable: durable_end,
         }
     }
 

@@ -20,7 +20,7 @@ mod topic_partition;
 
 pub use batch_cache::BatchCacheStats;
 pub use error::{Error, Result};
-pub use ops::{Op, OpResult, ReadData, Task, TaskFuture, TaskOutput};
+pub use ops::{CommittedRead, Op, OpResult, ReadData, Task, TaskFuture, TaskOutput};
 pub use partitions::{remove_deleted, LocalRead, LogConfigProvider, Partitions, DELETED_SUFFIX};
 pub use runtime::{start, Router, RuntimeConfig, ShardContext, ShardSet};
 pub use topic_partition::{ShardId, TopicPartition};

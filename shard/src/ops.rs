@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use iouring_storage::{AppendInfo, LogOffsets, TimestampHit};
+use iouring_storage::{AbortedTxn, AppendInfo, LogOffsets, TimestampHit};
 
 use crate::{Result, TopicPartition};
 
@@ -29,6 +29,26 @@ pub enum Op {
         tp: TopicPartition,
         offset: u64,
         max_bytes: usize,
+    },
+    /// As `Read`, for a read_committed consumer: only batches below the last stable offset,
+    /// with the aborted transactions that overlap the batches returned.
+    ReadCommitted {
+        tp: TopicPartition,
+        offset: u64,
+        max_bytes: usize,
+    },
+    /// Writes a transaction marker (commit or abort) for the producer's transaction on this
+    /// partition, answered once it is durable with its offset. Refused below the producer's
+    /// epoch (`ProducerError::InvalidEpoch`) or the last marker's coordinator epoch
+    /// (`ProducerError::CoordinatorFenced`); written even if no transaction is open, as Kafka
+    /// does.
+    WriteTxnMarker {
+        tp: TopicPartition,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
     },
     Offsets {
         tp: TopicPartition,
@@ -123,11 +143,23 @@ impl ReadData {
     }
 }
 
+/// What a read_committed read gave: batches below the last stable offset, the log's offsets,
+/// and the aborted transactions overlapping the batches returned (empty when there are none).
+#[derive(Debug)]
+pub struct CommittedRead {
+    pub data: Option<ReadData>,
+    pub offsets: LogOffsets,
+    pub aborted: Vec<AbortedTxn>,
+}
+
 /// The result of one `Op`, in the same position as the op.
 #[derive(Debug)]
 pub enum OpResult {
     Appended(Result<(AppendInfo, LogOffsets)>),
     Read(Result<(Option<ReadData>, LogOffsets)>),
+    ReadCommitted(Result<CommittedRead>),
+    /// The marker's offset, durable.
+    MarkerWritten(Result<u64>),
     Offsets(Result<LogOffsets>),
     Timestamp(Result<Option<TimestampHit>>),
     Waited,

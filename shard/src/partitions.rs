@@ -13,12 +13,12 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{select, select_all, FutureExt};
 use glommio::sync::Semaphore;
-use iouring_storage::{LogConfig, LogOffsets, PartitionLog, ReadBatches};
+use iouring_storage::{AbortedTxn, LogConfig, LogOffsets, Marker, PartitionLog, ReadBatches};
 
 use crate::batch_cache::{BatchCache, BatchCacheStats};
 use crate::compaction::{self, Compactor, PassStats};
 use crate::constants::{BATCH_CACHE_BYTES_MAX, PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
-use crate::ops::{Op, OpResult, ReadData};
+use crate::ops::{CommittedRead, Op, OpResult, ReadData};
 use crate::{Error, Result, ShardId, TopicPartition};
 
 /// Tells a shard how to configure a partition's log, or that the partition does not exist.
@@ -149,6 +149,8 @@ impl Partitions {
         let changes_log = match &op {
             Op::Append { .. }
             | Op::Read { .. }
+            | Op::ReadCommitted { .. }
+            | Op::WriteTxnMarker { .. }
             | Op::Offsets { .. }
             | Op::FindTimestamp { .. }
             | Op::MaxTimestamp { .. }
@@ -176,6 +178,18 @@ impl Partitions {
                 durable,
             } => OpResult::Appended(self.append(&tp, batch, leader_epoch, now_ms, durable).await),
             Op::Read { tp, offset, max_bytes } => OpResult::Read(self.read(&tp, offset, max_bytes).await),
+            Op::ReadCommitted { tp, offset, max_bytes } => OpResult::ReadCommitted(self.read_committed(&tp, offset, max_bytes).await),
+            Op::WriteTxnMarker {
+                tp,
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch,
+                now_ms,
+            } => OpResult::MarkerWritten(
+                self.write_txn_marker(&tp, producer_id, producer_epoch, Marker { commit, coordinator_epoch }, now_ms)
+                    .await,
+            ),
             Op::Offsets { tp } => OpResult::Offsets(self.get(&tp).await.map(|log| log.offsets())),
             Op::FindTimestamp { tp, timestamp } => OpResult::Timestamp(match self.get(&tp).await {
                 Ok(log) => log.find_by_timestamp(timestamp).await.map_err(|source| Error::Storage {
@@ -260,14 +274,87 @@ impl Partitions {
         Ok((info, log.offsets()))
     }
 
+    /// Writes a transaction marker in the partition's append order (see `append`) and waits
+    /// for it to be durable; the batch cache gets it like any appended batch.
+    async fn write_txn_marker(
+        &self,
+        tp: &TopicPartition,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: Marker,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let (my_turn_done, next_waits_on) = oneshot::channel::<()>();
+        let previous = self.append_tails.borrow_mut().insert(tp.clone(), next_waits_on);
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let log = self.get(tp).await?;
+        let storage = |source| Error::Storage {
+            tp: tp.to_string(),
+            source,
+        };
+        // Markers carry the leader epoch of the partition; with one node it is always 0, as
+        // the produce path stamps it.
+        let leader_epoch = 0;
+        let (info, batch) = log
+            .append_marker(producer_id, producer_epoch, marker, leader_epoch, now_ms)
+            .await
+            .map_err(storage)?;
+        self.cache
+            .insert(tp, Bytes::from(batch), info.base_offset, info.last_offset, leader_epoch);
+        drop(my_turn_done);
+        log.wait_durable(info.last_offset + 1).await.map_err(storage)?;
+        Ok(info.base_offset)
+    }
+
     /// Whole durable batches of `tp` from `offset`, up to `max_bytes` (the first batch whole),
     /// as `PartitionLog::read` gives them: from the batch cache when it holds the batch
     /// containing `offset`, else from the log.
     pub async fn read_local(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<LocalRead>, LogOffsets)> {
+        self.read_local_isolated(tp, offset, max_bytes, false).await
+    }
+
+    /// As `read_local`, for a read_committed consumer: only batches below the last stable
+    /// offset, plus the aborted transactions overlapping what was read.
+    pub async fn read_local_committed(
+        &self,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(Option<LocalRead>, LogOffsets, Vec<AbortedTxn>)> {
+        let log = self.get(tp).await?;
+        let (read, offsets) = self.read_local_isolated(tp, offset, max_bytes, true).await?;
+        let next = match &read {
+            Some(LocalRead::Cached(d)) => Some(d.next_offset),
+            Some(LocalRead::Log(r)) => Some(r.next_offset),
+            None => None,
+        };
+        let aborted = next.map_or_else(Vec::new, |next| log.aborted_transactions(offset, next));
+        Ok((read, offsets, aborted))
+    }
+
+    async fn read_local_isolated(
+        &self,
+        tp: &TopicPartition,
+        offset: u64,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<(Option<LocalRead>, LogOffsets)> {
         let log = self.get(tp).await?;
         let offsets = log.offsets();
         let max_bytes = max_bytes.clamp(1, iouring_storage::constants::READ_BYTES_MAX);
-        if let Some(hit) = self.cache.read(tp, offset, max_bytes, offsets) {
+        // The cache serves durable batches only; for read_committed, only those below the
+        // last stable offset.
+        let readable = if committed {
+            LogOffsets {
+                durable_end: offsets.last_stable,
+                ..offsets
+            }
+        } else {
+            offsets
+        };
+        if let Some(hit) = self.cache.read(tp, offset, max_bytes, readable) {
             let data = ReadData {
                 chunks: hit.chunks,
                 first_offset: hit.first_offset,
@@ -275,16 +362,30 @@ impl Partitions {
             };
             return Ok((Some(LocalRead::Cached(data)), offsets));
         }
-        let read = log.read(offset, max_bytes).await.map_err(|source| Error::Storage {
+        let read = if committed {
+            log.read_committed(offset, max_bytes).await
+        } else {
+            log.read(offset, max_bytes).await
+        }
+        .map_err(|source| Error::Storage {
             tp: tp.to_string(),
             source,
         })?;
         Ok((read.map(LocalRead::Log), log.offsets()))
     }
 
-    async fn read(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<ReadData>, LogOffsets)> {
-        let (read, offsets) = self.read_local(tp, offset, max_bytes).await?;
-        let data = read.map(|r| match r {
+    async fn read_committed(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<CommittedRead> {
+        let (read, offsets, aborted) = self.read_local_committed(tp, offset, max_bytes).await?;
+        Ok(CommittedRead {
+            data: read.map(Self::owned),
+            offsets,
+            aborted,
+        })
+    }
+
+    /// A local read as owned chunks that can cross threads.
+    fn owned(read: LocalRead) -> ReadData {
+        match read {
             LocalRead::Cached(data) => data,
             // Results cross threads; the O_DIRECT buffer does not, so it is copied once here.
             LocalRead::Log(r) => ReadData {
@@ -292,8 +393,12 @@ impl Partitions {
                 first_offset: r.first_offset,
                 next_offset: r.next_offset,
             },
-        });
-        Ok((data, offsets))
+        }
+    }
+
+    async fn read(&self, tp: &TopicPartition, offset: u64, max_bytes: usize) -> Result<(Option<ReadData>, LogOffsets)> {
+        let (read, offsets) = self.read_local(tp, offset, max_bytes).await?;
+        Ok((read.map(Self::owned), offsets))
     }
 
     async fn wait_data(&self, watches: Vec<(TopicPartition, u64)>, timeout: Duration) {
@@ -560,6 +665,123 @@ mod tests {
             OpResult::Read(Ok((data, _))) => data,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A transactional batch of producer `pid` at epoch 0 with `records` records.
+    fn txn_batch(pid: i64, seq: i32, records: i32) -> Bytes {
+        let mut b = iouring_storage::testing::build_batch(records, 200, 0, 0);
+        b[21..23].copy_from_slice(&0x10i16.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&0i16.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        let crc = iouring_storage::compute_crc(&b);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn marker_op(tp: &TopicPartition, pid: i64, epoch: i16, commit: bool) -> Op {
+        Op::WriteTxnMarker {
+            tp: tp.clone(),
+            producer_id: pid,
+            producer_epoch: epoch,
+            commit,
+            coordinator_epoch: 0,
+            now_ms: 0,
+        }
+    }
+
+    async fn read_committed(parts: &Partitions, tp: &TopicPartition, offset: u64) -> CommittedRead {
+        let op = Op::ReadCommitted {
+            tp: tp.clone(),
+            offset,
+            max_bytes: 1 << 20,
+        };
+        match parts.execute(op).await {
+            OpResult::ReadCommitted(Ok(r)) => r,
+            other => panic!("read_committed answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn markers_end_transactions_and_read_committed_stops_at_the_last_stable_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let provider: LogConfigProvider = Arc::new(|_: &TopicPartition| Some(small_config()));
+            let parts = Partitions::new(ShardId(0), data_dir, provider);
+            let tp = TopicPartition::new("t", 0);
+            let plain = || Bytes::from(iouring_storage::testing::build_batch(1, 100, 0, 0));
+            parts.append(&tp, plain(), 0, 0, true).await.unwrap(); // 0
+            parts.append(&tp, txn_batch(1, 0, 2), 0, 0, true).await.unwrap(); // 1..=2
+            parts.append(&tp, plain(), 0, 0, true).await.unwrap(); // 3
+            let (_, offsets) = parts.append(&tp, txn_batch(2, 0, 1), 0, 0, true).await.unwrap(); // 4
+            assert_eq!((offsets.last_stable, offsets.durable_end), (1, 5));
+            // Cache and log alike stop before the open transaction; read_uncommitted does not.
+            let r = read_committed(&parts, &tp, 0).await;
+            let data = r.data.expect("the batch below the open transaction");
+            assert_eq!((data.first_offset, data.next_offset), (0, 1));
+            assert!(read_committed(&parts, &tp, 1).await.data.is_none());
+            assert_eq!(read_data(&parts, &tp, 0, 1 << 20).await.unwrap().next_offset, 5);
+
+            // Producer 1 aborts, producer 2 commits: everything is stable, one abort is listed.
+            let abort = match parts.execute(marker_op(&tp, 1, 0, false)).await {
+                OpResult::MarkerWritten(Ok(o)) => o,
+                other => panic!("marker answered {other:?}"),
+            };
+            assert_eq!(abort, 5);
+            assert!(matches!(
+                parts.execute(marker_op(&tp, 2, 0, true)).await,
+                OpResult::MarkerWritten(Ok(6))
+            ));
+            let hits = parts.batch_cache_stats().hits;
+            let r = read_committed(&parts, &tp, 0).await;
+            assert_eq!((r.offsets.last_stable, r.offsets.durable_end), (7, 7));
+            let data = r.data.unwrap();
+            assert_eq!(data.next_offset, 7, "markers included");
+            drop(data);
+            assert!(parts.batch_cache_stats().hits > hits, "served from the cache, markers too");
+            assert_eq!(
+                r.aborted,
+                vec![iouring_storage::AbortedTxn {
+                    producer_id: 1,
+                    first_offset: 1,
+                    last_offset: 5
+                }]
+            );
+            // The stored markers are Kafka's control batches, and the cache serves them byte for
+            // byte as the log stores them.
+            let log = parts.get(&tp).await.unwrap();
+            let stored = log.read(5, 1).await.unwrap().unwrap();
+            assert_eq!(
+                iouring_storage::parse_marker(&stored.bytes),
+                Some(Marker {
+                    commit: false,
+                    coordinator_epoch: 0
+                })
+            );
+            let cached = read_committed(&parts, &tp, 5).await.data.unwrap().contiguous();
+            assert_eq!(&cached[..stored.bytes.len()], &stored.bytes[..]);
+            // A read past the aborted range lists nothing.
+            assert!(read_committed(&parts, &tp, 6).await.aborted.is_empty());
+            // A marker from an older epoch is refused.
+            parts.append(&tp, txn_batch(3, 0, 1), 0, 0, true).await.unwrap();
+            let bumped = Op::WriteTxnMarker {
+                tp: tp.clone(),
+                producer_id: 3,
+                producer_epoch: 1,
+                commit: false,
+                coordinator_epoch: 0,
+                now_ms: 0,
+            };
+            assert!(matches!(parts.execute(bumped).await, OpResult::MarkerWritten(Ok(8))));
+            assert!(matches!(
+                parts.execute(marker_op(&tp, 3, 0, false)).await,
+                OpResult::MarkerWritten(Err(Error::Storage {
+                    source: iouring_storage::Error::Producer(iouring_storage::ProducerError::InvalidEpoch { .. }),
+                    ..
+                }))
+            ));
+        });
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! are ready, parks on the owners (long poll) until data arrives or `max_wait_ms` passes.
 //! Sessionless: every response has session id 0, so clients send full requests.
 //!
+//! Isolation (KIP-98): read_uncommitted (0) reads up to the high watermark (the durable end);
+//! read_committed (1) only below the last stable offset, and lists the aborted transactions
+//! (producer id, first offset) that overlap the batches returned, so the client drops those
+//! producers' batches up to each abort marker. Both report the last stable offset.
+//!
 //! Byte limits: each partition reads at most `partition_max_bytes`; the response keeps whole
 //! partitions in request order while they fit in `max_bytes`, and always the first non-empty
 //! one whole, even if larger (KIP-74), so a consumer can always make progress.
@@ -11,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use shard::{LocalRead, Op, OpResult, ShardId, TopicPartition};
 
 use super::{decode_body, Request};
@@ -40,6 +45,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let min_bytes = req.min_bytes.max(0) as usize;
     let max_bytes = if req.max_bytes <= 0 { usize::MAX } else { req.max_bytes as usize }.min(broker.config.fetch_bytes_max);
+    let committed = req.isolation_level == 1;
 
     let mut responses = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
@@ -105,25 +111,30 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         // O_DIRECT buffer); other shards' come back over the mesh as shared bytes.
         let calls = by_owner.iter().map(|(&owner, idx)| async move {
             let results: Vec<ReadOutcome> = if owner == broker.shard {
-                let reads = idx
-                    .iter()
-                    .map(|&i| read_local(broker, &wanted_ref[i].tp, wanted_ref[i].offset, read_max(&wanted_ref[i])));
+                let reads = idx.iter().map(|&i| {
+                    let w = &wanted_ref[i];
+                    read_local(broker, &w.tp, w.offset, read_max(w), committed)
+                });
                 futures::future::join_all(reads).await
             } else {
                 let ops = idx
                     .iter()
-                    .map(|&i| Op::Read {
-                        tp: wanted_ref[i].tp.clone(),
-                        offset: wanted_ref[i].offset,
-                        max_bytes: read_max(&wanted_ref[i]),
+                    .map(|&i| {
+                        let (tp, offset, max_bytes) = (wanted_ref[i].tp.clone(), wanted_ref[i].offset, read_max(&wanted_ref[i]));
+                        if committed {
+                            Op::ReadCommitted { tp, offset, max_bytes }
+                        } else {
+                            Op::Read { tp, offset, max_bytes }
+                        }
                     })
                     .collect();
                 match broker.router.call(owner, ops).await {
                     Ok(results) => results
                         .into_iter()
                         .map(|r| match r {
-                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(d.chunks)), offsets)),
-                            OpResult::Read(Err(e)) => Err(e),
+                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(d.chunks)), offsets, Vec::new())),
+                            OpResult::ReadCommitted(Ok(r)) => Ok((r.data.map(|d| Records::Shared(d.chunks)), r.offsets, r.aborted)),
+                            OpResult::Read(Err(e)) | OpResult::ReadCommitted(Err(e)) => Err(e),
                             other => Err(shard::Error::UnknownPartition(format!("read answered with {other:?}"))),
                         })
                         .collect(),
@@ -142,10 +153,20 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 let w = &wanted[i];
                 let answer = &mut responses[w.topic].partitions[w.partition];
                 match result {
-                    Ok((records, offsets)) => {
+                    Ok((records, offsets, aborted)) => {
                         answer.error_code = 0;
                         answer.high_watermark = offsets.durable_end as i64;
-                        answer.last_stable_offset = offsets.durable_end as i64;
+                        answer.last_stable_offset = offsets.last_stable as i64;
+                        answer.aborted_transactions = Some(
+                            aborted
+                                .iter()
+                                .map(|a| {
+                                    AbortedTransaction::default()
+                                        .with_producer_id(ProducerId(a.producer_id))
+                                        .with_first_offset(a.first_offset as i64)
+                                })
+                                .collect(),
+                        );
                         if request.version >= 5 {
                             answer.log_start_offset = offsets.log_start as i64;
                         }
@@ -194,16 +215,22 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     frame::encode_fetch(request.version, request.header.correlation_id, response, spliced)
 }
 
-/// What one partition's read gave: its records (if any) and the log's offsets.
-type ReadOutcome = Result<(Option<Records>, iouring_storage::LogOffsets), shard::Error>;
+/// What one partition's read gave: its records (if any), the log's offsets, and (for
+/// read_committed) the aborted transactions overlapping the records.
+type ReadOutcome = Result<(Option<Records>, iouring_storage::LogOffsets, Vec<iouring_storage::AbortedTxn>), shard::Error>;
 
 /// Reads a partition this shard owns: from the shard's batch cache when it holds the data
 /// (shared, no disk I/O), else keeping the O_DIRECT read buffer for the response.
-async fn read_local(broker: &Broker, tp: &TopicPartition, offset: u64, max_bytes: usize) -> ReadOutcome {
-    let (read, offsets) = broker.partitions.read_local(tp, offset, max_bytes).await?;
+async fn read_local(broker: &Broker, tp: &TopicPartition, offset: u64, max_bytes: usize, committed: bool) -> ReadOutcome {
+    let (read, offsets, aborted) = if committed {
+        broker.partitions.read_local_committed(tp, offset, max_bytes).await?
+    } else {
+        let (read, offsets) = broker.partitions.read_local(tp, offset, max_bytes).await?;
+        (read, offsets, Vec::new())
+    };
     let records = read.map(|r| match r {
         LocalRead::Cached(data) => Records::Shared(data.chunks),
         LocalRead::Log(r) => Records::Log(r.bytes),
     });
-    Ok((records, offsets))
+    Ok((records, offsets, aborted))
 }

@@ -1,5 +1,7 @@
-//! ListOffsets (key 2), versions 1-10: earliest, latest (the high watermark), max timestamp,
-//! and the first record at or after a timestamp. The log finds the batch; this handler walks
+//! ListOffsets (key 2), versions 1-10: earliest, latest (the high watermark, or the last
+//! stable offset for isolation level 1, read_committed), max timestamp, and the first record
+//! at or after a timestamp (none at or past the last stable offset for read_committed, as
+//! Kafka answers). The log finds the batch; this handler walks
 //! the batch's records (`crate::records`, bounded, since a client wrote them) to find the exact
 //! record, and answers with the batch if it cannot.
 
@@ -22,6 +24,7 @@ const LATEST_TIERED: i64 = -5;
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
     let req: ListOffsetsRequest = decode_body(body, request.version)?;
     let meta = broker.meta.snapshot();
+    let committed = request.version >= 2 && req.isolation_level == 1;
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let mut partitions = Vec::with_capacity(t.partitions.len());
@@ -39,7 +42,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
             };
             let answer = match MetaStore::owner(&meta, &tp) {
                 None => answer.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
-                Some(owner) => match lookup(broker, owner, tp, p.timestamp).await {
+                Some(owner) => match lookup(broker, owner, tp, p.timestamp, committed).await {
                     Ok((offset, timestamp)) => answer.with_offset(offset).with_timestamp(timestamp),
                     Err(code) => answer.with_error_code(code),
                 },
@@ -52,7 +55,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
 }
 
 /// (offset, timestamp) for one partition, or a Kafka error code.
-async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, timestamp: i64) -> Result<(i64, i64), i16> {
+async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, timestamp: i64, committed: bool) -> Result<(i64, i64), i16> {
     let call = |op: Op| async move {
         let mut r = broker.router.call(owner, vec![op]).await.map_err(|e| crate::errors::code(&e))?;
         Ok::<OpResult, i16>(r.pop().expect("one result per op"))
@@ -63,6 +66,7 @@ async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, time
         _ => return Err(ResponseError::UnknownServerError.code()),
     };
     let hit = match timestamp {
+        LATEST if committed => return Ok((offsets.last_stable as i64, -1)),
         LATEST => return Ok((offsets.durable_end as i64, -1)),
         EARLIEST | EARLIEST_LOCAL => return Ok((offsets.log_start as i64, -1)),
         LATEST_TIERED => return Ok((-1, -1)),
@@ -77,6 +81,8 @@ async fn lookup(broker: &Broker, owner: shard::ShardId, tp: TopicPartition, time
         _ => return Err(ResponseError::InvalidRequest.code()),
     };
     let hit = match hit {
+        // read_committed readers cannot see at or past the last stable offset.
+        OpResult::Timestamp(Ok(Some(h))) if committed && h.batch_base_offset >= offsets.last_stable => return Ok((-1, -1)),
         OpResult::Timestamp(Ok(Some(h))) => h,
         OpResult::Timestamp(Ok(None)) => return Ok((-1, -1)),
         OpResult::Timestamp(Err(e)) => return Err(crate::errors::code(&e)),
