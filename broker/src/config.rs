@@ -75,6 +75,8 @@ pub struct FileConfig {
     pub group_min_session_timeout_ms: Option<i32>,
     pub group_max_session_timeout_ms: Option<i32>,
     pub offset_metadata_max_bytes: Option<usize>,
+    pub transaction_state_partitions: Option<i32>,
+    pub transaction_max_timeout_ms: Option<i32>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
@@ -110,6 +112,8 @@ pub struct Config {
     pub topic_defaults: Vec<(String, String)>,
     /// The group coordinator's settings.
     pub groups: crate::groups::GroupConfig,
+    /// The transaction coordinator's settings.
+    pub txns: crate::txn::TxnConfig,
 }
 
 /// A configuration error, naming the key.
@@ -245,6 +249,19 @@ impl Config {
             session_timeout_ms_max,
             offset_metadata_bytes_max: file.offset_metadata_max_bytes.unwrap_or(defaults.offset_metadata_bytes_max),
         };
+        let txn_defaults = crate::txn::TxnConfig::default();
+        let state_partitions = file.transaction_state_partitions.unwrap_or(txn_defaults.state_partitions);
+        if !(1..=1000).contains(&state_partitions) {
+            return Err(bad("transaction_state_partitions", "must be between 1 and 1000"));
+        }
+        let timeout_ms_max = file.transaction_max_timeout_ms.unwrap_or(txn_defaults.timeout_ms_max);
+        if timeout_ms_max < 1 {
+            return Err(bad("transaction_max_timeout_ms", "must be positive"));
+        }
+        let txns = crate::txn::TxnConfig {
+            state_partitions,
+            timeout_ms_max,
+        };
         Ok(Config {
             listen,
             advertised_host: host.to_owned(),
@@ -269,6 +286,7 @@ impl Config {
             log_json,
             topic_defaults,
             groups,
+            txns,
         })
     }
 }

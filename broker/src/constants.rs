@@ -14,4 +14,8 @@ pub const OFFSETS_LOAD_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// are exact; a 100 ms tick is well inside the shortest session timeout allowed (1 s).
 pub const GROUP_TICK_MS: u64 = 100;
 
+/// How often a shard looks for transactions past their timeout (Kafka checks every 10 s,
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+pub const TXN_TICK_MS: u64 = 1000;
+
 const _: () = assert!(GROUP_TICK_MS < 1000);

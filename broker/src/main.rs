@@ -47,7 +47,10 @@ fn run() -> anyhow::Result<()> {
         tracing::info!(target: "broker", leftovers, "removed partition directories a deletion left behind");
     }
     let meta = MetaStore::open(&config.data_dir, config.shards, config.topic_defaults.clone()).context("opening cluster metadata")?;
-    broker::groups::ensure_offsets_topic(&meta, &config.groups).context("creating the committed offsets topic")?;
+    broker::internal::ensure_topic(&meta, broker::groups::OFFSETS_TOPIC, config.groups.offsets_topic_partitions)
+        .context("creating the committed offsets topic")?;
+    broker::internal::ensure_topic(&meta, broker::txn::TXN_TOPIC, config.txns.state_partitions)
+        .context("creating the transaction state topic")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;

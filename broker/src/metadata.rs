@@ -307,6 +307,16 @@ impl MetaStore {
     }
 }
 
+/// A fresh producer id: from the reserved block on the reactor when one is left, else on a
+/// blocking thread (reserving the next block fsyncs the metadata).
+pub async fn allocate_producer_id(meta: &Arc<MetaStore>) -> Result<i64, MetaError> {
+    if let Some(id) = meta.try_next_producer_id() {
+        return Ok(id);
+    }
+    let meta = meta.clone();
+    glommio::executor().spawn_blocking(move || meta.next_producer_id()).await
+}
+
 /// Adds a topic to `meta`, placing its partitions on the least loaded shards.
 pub fn add_topic(meta: &mut ClusterMeta, shards: usize, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> TopicMeta {
     let load = meta.shard_load(shards);

@@ -91,33 +91,40 @@ pub async fn run_shard(
             return;
         }
     };
-    // This shard's groups: replay its partitions of the committed offsets before serving them.
+    // This shard's groups and transactional ids: replay its partitions of the internal topics
+    // before serving them.
     let coordinator = Rc::new(crate::groups::Coordinator::new(
         me,
         meta.clone(),
         ctx.partitions.clone(),
         config.groups.clone(),
     ));
-    let owned_offsets: Vec<i32> = snapshot
-        .topics
-        .get(crate::groups::OFFSETS_TOPIC)
-        .map(|t| {
-            t.placement
-                .iter()
-                .enumerate()
-                .filter(|(_, &s)| s == me.0)
-                .map(|(p, _)| p as i32)
-                .collect()
-        })
-        .unwrap_or_default();
-    match coordinator.load(&owned_offsets).await {
-        Ok(groups) => tracing::info!(target: "broker", shard = me.0, groups, "consumer groups loaded"),
+    let txns = Rc::new(crate::txn::TxnCoordinator::new(
+        meta.clone(),
+        ctx.partitions.clone(),
+        ctx.router.clone(),
+        config.txns.clone(),
+    ));
+    let loaded = async {
+        let groups = coordinator
+            .load(&crate::internal::owned_partitions(&meta, crate::groups::OFFSETS_TOPIC, me))
+            .await?;
+        let transactions = txns
+            .load(&crate::internal::owned_partitions(&meta, crate::txn::TXN_TOPIC, me))
+            .await?;
+        anyhow::Ok((groups, transactions))
+    };
+    match loaded.await {
+        Ok((groups, transactions)) => tracing::info!(target: "broker", shard = me.0, groups, transactions, "coordinators loaded"),
         Err(e) => {
-            let _ = started.send(Err(format!("shard {}: loading consumer groups: {e:#}", me.0)));
+            let _ = started.send(Err(format!("shard {}: loading coordinators: {e:#}", me.0)));
             return;
         }
     }
-    ctx.partitions.set_service(coordinator.clone());
+    ctx.partitions.set_service(Rc::new(crate::internal::ShardServices {
+        groups: coordinator.clone(),
+        txns: txns.clone(),
+    }));
     let _ = started.send(Ok(recovered));
     let broker = Rc::new(Broker {
         config: config.clone(),
@@ -140,6 +147,14 @@ pub async fn run_shard(
         every(Duration::from_millis(crate::constants::GROUP_TICK_MS), stop.clone(), move || {
             coordinator.tick(crate::handlers::now_ms());
             async {}
+        })
+    };
+    // Transaction timeouts, and transactions a failure (or a restart) left half-ended.
+    let txn_timers = {
+        let txns = txns.clone();
+        every(Duration::from_millis(crate::constants::TXN_TICK_MS), stop.clone(), move || {
+            let txns = txns.clone();
+            async move { txns.tick(crate::handlers::now_ms()).await }
         })
     };
     let compaction = {
@@ -188,6 +203,7 @@ pub async fn run_shard(
     let _ = housekeeping.await;
     let _ = group_timers.await;
     let _ = compaction.await;
+    let _ = txn_timers.await;
     // Clean stop: everything appended becomes durable before the process exits.
     ctx.partitions.close_all().await;
     tracing::info!(target: "broker", shard = me.0, "shard stopped");

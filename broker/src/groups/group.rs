@@ -197,6 +197,9 @@ pub struct Group {
     /// Committed offsets by (topic, partition), each with the offset in `__consumer_offsets`
     /// of the batch that wrote it, so that a slower write never replaces a newer one.
     pub offsets: BTreeMap<(String, i32), (Committed, u64)>,
+    /// Offsets committed inside transactions that have not ended, by producer id: visible
+    /// once the transaction commits, gone if it aborts.
+    pub pending_txn: BTreeMap<i64, BTreeMap<(String, i32), Committed>>,
     config: GroupConfig,
     member_ids_issued: u64,
 }
@@ -216,6 +219,7 @@ impl Group {
             rebalance_deadline_ms: 0,
             initial_delay_until_ms: None,
             offsets: BTreeMap::new(),
+            pending_txn: BTreeMap::new(),
             config,
             member_ids_issued: 0,
         }
@@ -243,7 +247,7 @@ impl Group {
 
     /// Nothing left to keep: no members, no offsets.
     pub fn is_disposable(&self) -> bool {
-        self.members.is_empty() && self.pending.is_empty() && self.offsets.is_empty()
+        self.members.is_empty() && self.pending.is_empty() && self.offsets.is_empty() && self.pending_txn.is_empty()
     }
 
     pub fn members(&self) -> Vec<MemberView> {

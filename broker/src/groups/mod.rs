@@ -26,9 +26,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use shard::{Op, OpResult, Partitions, ShardId, Task, TaskOutput, TopicPartition};
+use shard::{Partitions, ShardId};
 
-use crate::constants::{GROUPS_PER_SHARD_MAX, OFFSETS_LOAD_READ_BYTES_MAX};
+use crate::constants::GROUPS_PER_SHARD_MAX;
+use crate::internal;
 use crate::metadata::MetaStore;
 use crate::server::Broker;
 use group::{Group, GroupState, JoinAnswer, JoinRequest, MemberView, SyncAnswer, SyncRequest};
@@ -63,51 +64,9 @@ impl Default for GroupConfig {
     }
 }
 
-/// Creates `__consumer_offsets` (compacted, as Kafka's) unless it exists. An existing topic
-/// keeps its partition count even if the setting changed: groups are mapped to partitions by
-/// that count, so changing it would lose track of their offsets.
-pub fn ensure_offsets_topic(meta: &MetaStore, config: &GroupConfig) -> Result<(), crate::metadata::MetaError> {
-    if let Some(t) = meta.snapshot().topics.get(OFFSETS_TOPIC) {
-        if t.partitions() != config.offsets_topic_partitions {
-            tracing::warn!(
-                target: "broker",
-                existing = t.partitions(),
-                configured = config.offsets_topic_partitions,
-                "offsets_topic_partitions differs from the existing {OFFSETS_TOPIC}; keeping the existing count"
-            );
-        }
-        return Ok(());
-    }
-    let partitions = config.offsets_topic_partitions;
-    meta.update(|m, shards| {
-        if !m.topics.contains_key(OFFSETS_TOPIC) {
-            let configs = BTreeMap::from([
-                ("cleanup.policy".to_owned(), "compact".to_owned()),
-                ("segment.bytes".to_owned(), (100 * 1024 * 1024).to_string()),
-            ]);
-            crate::metadata::add_topic(m, shards, OFFSETS_TOPIC, partitions, configs);
-        }
-        Ok::<_, std::convert::Infallible>(())
-    })?
-    .unwrap_or_else(|never| match never {});
-    Ok(())
-}
-
-/// Kafka's `Utils.abs(groupId.hashCode()) % partitions`, with Java's String hash over UTF-16.
-pub fn partition_for(group_id: &str, partitions: i32) -> i32 {
-    let mut h: i32 = 0;
-    for unit in group_id.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
-    }
-    (h & 0x7fff_ffff) % partitions.max(1)
-}
-
 /// The shard coordinating `group_id`, or the error to answer with.
 pub fn coordinator_shard(broker: &Broker, group_id: &str) -> Result<ShardId, ResponseError> {
-    let meta = broker.meta.snapshot();
-    let topic = meta.topics.get(OFFSETS_TOPIC).ok_or(ResponseError::CoordinatorNotAvailable)?;
-    let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), partition_for(group_id, topic.partitions()));
-    MetaStore::owner(&meta, &tp).ok_or(ResponseError::CoordinatorNotAvailable)
+    internal::owner(broker, OFFSETS_TOPIC, group_id)
 }
 
 /// Runs `work` on the coordinator of `group_id` and returns what it made; an error is the
@@ -119,20 +78,7 @@ where
     Fut: Future<Output = R> + 'static,
 {
     let shard = coordinator_shard(broker, group_id)?;
-    let task = Task(Box::new(move |service| {
-        let coordinator = service
-            .downcast::<Coordinator>()
-            .expect("the broker registers its Coordinator on every shard");
-        Box::pin(async move { Box::new(work(coordinator).await) as TaskOutput })
-    }));
-    match broker.router.call(shard, vec![Op::Run(task)]).await {
-        Ok(mut results) => match results.pop() {
-            Some(OpResult::Ran(Ok(out))) => Ok(*out.downcast::<R>().expect("a task returns its work's type")),
-            Some(OpResult::Ran(Err(shard::Error::ServiceMissing(_)))) => Err(ResponseError::CoordinatorLoadInProgress),
-            _ => Err(ResponseError::CoordinatorNotAvailable),
-        },
-        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
-    }
+    internal::on_shard(&broker.router, shard, move |services| work(services.groups.clone())).await
 }
 
 /// What DescribeGroups shows of a group.
@@ -179,64 +125,59 @@ impl Coordinator {
     /// Replays this shard's partitions of `__consumer_offsets`. Returns the groups loaded.
     pub async fn load(&self, owned: &[i32]) -> anyhow::Result<usize> {
         for &p in owned {
-            let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), p);
-            let OpResult::Offsets(offsets) = self.partitions.execute(Op::Offsets { tp: tp.clone() }).await else {
-                anyhow::bail!("offsets of {tp}: unexpected answer");
-            };
-            let offsets = offsets.map_err(|e| anyhow::anyhow!("opening {tp}: {e}"))?;
-            let mut next = offsets.log_start;
-            while next < offsets.durable_end {
-                let op = Op::Read {
-                    tp: tp.clone(),
-                    offset: next,
-                    max_bytes: OFFSETS_LOAD_READ_BYTES_MAX,
-                };
-                let OpResult::Read(read) = self.partitions.execute(op).await else {
-                    anyhow::bail!("reading {tp}: unexpected answer");
-                };
-                let Some(data) = read.map_err(|e| anyhow::anyhow!("reading {tp} at {next}: {e}"))?.0 else {
-                    break;
-                };
-                if data.next_offset <= next {
-                    break;
-                }
-                next = data.next_offset;
-                let mut groups = self.groups.borrow_mut();
-                let mut bad = None;
-                let walked = offsets::for_each_record(&data.contiguous(), |base, key, value| match offsets::decode(key, value) {
-                    Ok(Some(record)) => self.apply(&mut groups, record, base as u64),
-                    Ok(None) => {}
-                    Err(e) => bad = Some(e),
-                });
-                if let Some(e) = walked.err().or(bad) {
-                    tracing::warn!(target: "broker", %tp, offset = next, error = %e, "skipping unreadable records of committed offsets");
-                }
-            }
+            internal::replay(&self.partitions, OFFSETS_TOPIC, p, |base, key, value| match offsets::decode(key, value) {
+                Ok(Some(record)) => self.apply(&mut self.groups.borrow_mut(), record, base),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(target: "broker", partition = p, offset = base, error = %e, "skipping an unreadable committed offset"),
+            })
+            .await?;
         }
         Ok(self.groups.borrow().len())
     }
 
     fn apply(&self, groups: &mut HashMap<String, Group>, record: OffsetRecord, log_offset: u64) {
-        let OffsetRecord::Commit {
-            group,
-            topic,
-            partition,
-            value,
-        } = record;
+        let group = match &record {
+            OffsetRecord::Commit { group, .. } | OffsetRecord::Pending { group, .. } => group.clone(),
+        };
         let g = groups
             .entry(group.clone())
             .or_insert_with(|| Group::new(group, self.config.clone()));
-        let key = (topic, partition);
-        if g.offsets.get(&key).is_some_and(|(_, at)| *at > log_offset) {
-            return;
-        }
-        match value {
-            Some(c) => {
-                g.offsets.insert(key, (c, log_offset));
+        match record {
+            OffsetRecord::Commit {
+                topic, partition, value, ..
+            } => {
+                let key = (topic, partition);
+                if g.offsets.get(&key).is_some_and(|(_, at)| *at > log_offset) {
+                    return;
+                }
+                match value {
+                    Some(c) => {
+                        g.offsets.insert(key, (c, log_offset));
+                    }
+                    None => {
+                        g.offsets.remove(&key);
+                    }
+                }
             }
-            None => {
-                g.offsets.remove(&key);
-            }
+            OffsetRecord::Pending {
+                topic,
+                partition,
+                producer_id,
+                value,
+                ..
+            } => match value {
+                Some(c) => {
+                    g.pending_txn.entry(producer_id).or_default().insert((topic, partition), c);
+                }
+                None => {
+                    if let Some(pending) = g.pending_txn.get_mut(&producer_id) {
+                        pending.remove(&(topic, partition));
+                        if pending.is_empty() {
+                            g.pending_txn.remove(&producer_id);
+                        }
+                    }
+                }
+            },
         }
     }
 
@@ -282,16 +223,26 @@ impl Coordinator {
 
     /// OffsetCommit: checks the member, writes one batch durably, then updates the cache.
     /// Per offset, the error code (0 for success).
+    /// With `txn` (a producer id), a TxnOffsetCommit: the offsets stay pending until the
+    /// transaction ends (`complete_txn`).
     pub async fn commit(
         &self,
         group_id: &str,
         member: (String, Option<String>, i32),
         commits: Vec<(String, i32, Committed)>,
+        txn: Option<i64>,
         now_ms: i64,
     ) -> Vec<i16> {
         let (member_id, instance_id, generation) = member;
+        // A transactional commit without group membership (generation -1) is accepted in any
+        // state, as Kafka accepts it from producers that are not group members.
+        let unchecked = txn.is_some() && generation < 0 && member_id.is_empty() && instance_id.is_none();
         let check = self.with_group(group_id, generation < 0, |g| {
-            g.check_commit(&member_id, instance_id.as_deref(), generation)
+            if unchecked {
+                Ok(())
+            } else {
+                g.check_commit(&member_id, instance_id.as_deref(), generation)
+            }
         });
         let check = match check {
             Some(c) => c,
@@ -309,23 +260,37 @@ impl Coordinator {
             if c.metadata.len() > self.config.offset_metadata_bytes_max {
                 codes[i] = ResponseError::OffsetMetadataTooLarge.code();
             } else {
-                records.push((i, offsets::encode(group_id, topic, *partition, Some(c))));
+                let record = match txn {
+                    None => offsets::encode(group_id, topic, *partition, Some(c)),
+                    Some(pid) => offsets::encode_pending(group_id, topic, *partition, pid, Some(c)),
+                };
+                records.push((i, record));
             }
         }
         if records.is_empty() {
             return codes;
         }
-        let batch = offsets::build_batch(&records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), now_ms);
+        let batch = internal::build_batch(&records.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), now_ms);
         match self.append(group_id, batch, now_ms).await {
             Ok(log_offset) => {
                 let mut groups = self.groups.borrow_mut();
                 for &(i, _) in &records {
                     let (topic, partition, c) = &commits[i];
-                    let record = OffsetRecord::Commit {
-                        group: group_id.to_owned(),
-                        topic: topic.clone(),
-                        partition: *partition,
-                        value: Some(c.clone()),
+                    let (group, topic, partition, value) = (group_id.to_owned(), topic.clone(), *partition, Some(c.clone()));
+                    let record = match txn {
+                        None => OffsetRecord::Commit {
+                            group,
+                            topic,
+                            partition,
+                            value,
+                        },
+                        Some(producer_id) => OffsetRecord::Pending {
+                            group,
+                            topic,
+                            partition,
+                            producer_id,
+                            value,
+                        },
                     };
                     self.apply(&mut groups, record, log_offset);
                 }
@@ -341,31 +306,48 @@ impl Coordinator {
 
     /// Appends a batch of offset records to the group's partition and waits until it is durable.
     async fn append(&self, group_id: &str, batch: Bytes, now_ms: i64) -> Result<u64, ResponseError> {
-        // The partition count is the topic's, fixed when it was created, not the setting now.
-        let partitions = self
-            .meta
-            .snapshot()
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map(|t| t.partitions())
-            .ok_or(ResponseError::CoordinatorNotAvailable)?;
-        let tp = TopicPartition::new(OFFSETS_TOPIC.to_owned(), partition_for(group_id, partitions));
-        let op = Op::Append {
-            tp,
-            batch,
-            leader_epoch: 0,
-            now_ms,
-            durable: true,
-        };
-        match self.partitions.execute(op).await {
-            OpResult::Appended(Ok((info, _))) => Ok(info.base_offset),
-            OpResult::Appended(Err(e)) => {
-                crate::errors::log_if_serious(&e);
-                tracing::warn!(target: "broker", group = group_id, error = %e, "writing committed offsets failed");
-                Err(ResponseError::CoordinatorNotAvailable)
+        internal::append(&self.partitions, &self.meta, OFFSETS_TOPIC, group_id, batch, now_ms).await
+    }
+
+    /// Ends the offsets `producer_id` committed to the group inside a transaction: with
+    /// `commit` they become the group's committed offsets, else they are dropped. One durable
+    /// batch does both the commit records and the end of the pending ones. Nothing pending is
+    /// fine (a retry, or a transaction that committed no offsets here).
+    pub async fn complete_txn(&self, group_id: &str, producer_id: i64, commit: bool, now_ms: i64) -> Result<(), ResponseError> {
+        let pending: Vec<((String, i32), Committed)> =
+            match self.groups.borrow().get(group_id).and_then(|g| g.pending_txn.get(&producer_id)) {
+                Some(p) => p.iter().map(|(k, c)| (k.clone(), c.clone())).collect(),
+                None => return Ok(()),
+            };
+        let mut records = Vec::new();
+        for ((t, p), c) in &pending {
+            if commit {
+                records.push(offsets::encode(group_id, t, *p, Some(c)));
             }
-            _ => Err(ResponseError::UnknownServerError),
+            records.push(offsets::encode_pending(group_id, t, *p, producer_id, None));
         }
+        let log_offset = self.append(group_id, internal::build_batch(&records, now_ms), now_ms).await?;
+        let mut groups = self.groups.borrow_mut();
+        for ((topic, partition), c) in pending {
+            if commit {
+                let record = OffsetRecord::Commit {
+                    group: group_id.to_owned(),
+                    topic: topic.clone(),
+                    partition,
+                    value: Some(c),
+                };
+                self.apply(&mut groups, record, log_offset);
+            }
+            let end = OffsetRecord::Pending {
+                group: group_id.to_owned(),
+                topic,
+                partition,
+                producer_id,
+                value: None,
+            };
+            self.apply(&mut groups, end, log_offset);
+        }
+        Ok(())
     }
 
     /// OffsetFetch: the committed offsets of `topics` (every one committed when `None`).
@@ -498,7 +480,7 @@ impl Coordinator {
             return Ok(());
         }
         let records: Vec<_> = keys.iter().map(|(t, p)| offsets::encode(group_id, t, *p, None)).collect();
-        let log_offset = self.append(group_id, offsets::build_batch(&records, now_ms), now_ms).await?;
+        let log_offset = self.append(group_id, internal::build_batch(&records, now_ms), now_ms).await?;
         let mut groups = self.groups.borrow_mut();
         for (t, p) in keys {
             let record = OffsetRecord::Commit {
@@ -573,22 +555,5 @@ fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
     match ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3)) {
         Ok(s) => s.topics.into_iter().map(|t| t.to_string()).collect(),
         Err(_) => Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partitions_match_kafka() {
-        // Expected values from a separate implementation of Java's String.hashCode (Python,
-        // over UTF-16 code units, masked with 0x7fffffff as Kafka's Utils.abs does).
-        assert_eq!(partition_for("my-group", 50), 36);
-        assert_eq!(partition_for("consumer-group-1", 50), 20);
-        assert_eq!(partition_for("ünïcode", 7), 0);
-        assert_eq!(partition_for("", 16), 0);
-        let long = "x".repeat(1000);
-        assert!((0..7).contains(&partition_for(&long, 7)));
     }
 }

@@ -14,12 +14,11 @@
 //! ```
 //!
 //! Keys of version 2 (group metadata) may appear in a log written by Kafka; they are skipped.
-//! The batch is a v2 record batch without compression or producer id: the 61-byte header
-//! (see `records.rs`), then each record as length varint, attributes i8 (0), timestamp delta
-//! varlong, offset delta varint, key length varint and key, value length varint (-1: null) and
-//! value, header count varint (0). Varints are zigzag LEB128.
+//! The batches that carry them are `internal::build_batch`'s.
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::internal::Reader;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,14 +39,26 @@ pub enum OffsetRecord {
         /// `None`: the offset was deleted.
         value: Option<Committed>,
     },
+    /// An offset committed inside a transaction that has not ended (TxnOffsetCommit).
+    Pending {
+        group: String,
+        topic: String,
+        partition: i32,
+        producer_id: i64,
+        /// `None`: the transaction ended (its commit, if any, is a `Commit` record in the same batch).
+        value: Option<Committed>,
+    },
 }
 
 const KEY_VERSION_COMMIT: i16 = 1;
 const KEY_VERSION_COMMIT_V0: i16 = 0;
 const VALUE_VERSION: i16 = 3;
-const HEADER_BYTES: usize = 61;
+/// This broker's own key for a pending transactional offset, a version Kafka never writes
+/// (Kafka writes such offsets as transactional batches): version i16 (100) | group string |
+/// topic string | partition i32 | producer id i64, with a commit value (or null once ended).
+const KEY_VERSION_PENDING: i16 = 100;
 
-fn put_string(buf: &mut BytesMut, s: &str) {
+pub(crate) fn put_string(buf: &mut BytesMut, s: &str) {
     let len = i16::try_from(s.len()).expect("strings checked against i16 length");
     buf.put_i16(len);
     buf.put_slice(s.as_bytes());
@@ -60,7 +71,22 @@ pub fn encode(group: &str, topic: &str, partition: i32, value: Option<&Committed
     put_string(&mut key, group);
     put_string(&mut key, topic);
     key.put_i32(partition);
-    let value = value.map(|c| {
+    (key.freeze(), encode_value(value))
+}
+
+/// The key and value of a pending transactional offset (or of its end, with `None`).
+pub fn encode_pending(group: &str, topic: &str, partition: i32, producer_id: i64, value: Option<&Committed>) -> (Bytes, Option<Bytes>) {
+    let mut key = BytesMut::with_capacity(16 + group.len() + topic.len());
+    key.put_i16(KEY_VERSION_PENDING);
+    put_string(&mut key, group);
+    put_string(&mut key, topic);
+    key.put_i32(partition);
+    key.put_i64(producer_id);
+    (key.freeze(), encode_value(value))
+}
+
+fn encode_value(value: Option<&Committed>) -> Option<Bytes> {
+    value.map(|c| {
         let mut v = BytesMut::with_capacity(24 + c.metadata.len());
         v.put_i16(VALUE_VERSION);
         v.put_i64(c.offset);
@@ -68,64 +94,24 @@ pub fn encode(group: &str, topic: &str, partition: i32, value: Option<&Committed
         put_string(&mut v, &c.metadata);
         v.put_i64(c.commit_timestamp_ms);
         v.freeze()
-    });
-    (key.freeze(), value)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes(b.try_into().expect("4 bytes")))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take(8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
-    }
-    fn string(&mut self) -> Option<String> {
-        let len = usize::try_from(self.i16()?).ok()?;
-        self.take(len).and_then(|b| std::str::from_utf8(b).ok()).map(str::to_owned)
-    }
-    fn varint(&mut self) -> Option<i64> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let b = *self.take(1)?.first()?;
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some((value >> 1) as i64 ^ -((value & 1) as i64));
-            }
-        }
-        None
-    }
-    /// A varint-length byte string; `Some(None)` for length -1.
-    fn bytes(&mut self) -> Option<Option<&'a [u8]>> {
-        match self.varint()? {
-            -1 => Some(None),
-            n => Some(Some(self.take(usize::try_from(n).ok()?)?)),
-        }
-    }
+    })
 }
 
 /// Decodes one record; `Ok(None)` for a key this broker does not use (group metadata).
 pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Option<OffsetRecord>, String> {
     let mut k = Reader(key);
     let version = k.i16().ok_or("key too short")?;
-    if version != KEY_VERSION_COMMIT && version != KEY_VERSION_COMMIT_V0 {
+    if version != KEY_VERSION_COMMIT && version != KEY_VERSION_COMMIT_V0 && version != KEY_VERSION_PENDING {
         return Ok(None);
     }
     let group = k.string().ok_or("bad group in key")?;
     let topic = k.string().ok_or("bad topic in key")?;
     let partition = k.i32().ok_or("bad partition in key")?;
+    let producer_id = if version == KEY_VERSION_PENDING {
+        Some(k.i64().ok_or("bad producer id in key")?)
+    } else {
+        None
+    };
     let value = match value {
         None => None,
         Some(v) => {
@@ -144,108 +130,27 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Option<OffsetRecord>, 
             })
         }
     };
-    Ok(Some(OffsetRecord::Commit {
-        group,
-        topic,
-        partition,
-        value,
+    Ok(Some(match producer_id {
+        None => OffsetRecord::Commit {
+            group,
+            topic,
+            partition,
+            value,
+        },
+        Some(producer_id) => OffsetRecord::Pending {
+            group,
+            topic,
+            partition,
+            producer_id,
+            value,
+        },
     }))
-}
-
-fn put_varint(buf: &mut BytesMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        buf.put_u8((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.put_u8(z as u8);
-}
-
-/// One uncompressed v2 batch holding `records` (key, value), all stamped `timestamp_ms`.
-pub fn build_batch(records: &[(Bytes, Option<Bytes>)], timestamp_ms: i64) -> Bytes {
-    assert!(!records.is_empty(), "a batch holds at least one record");
-    let mut body = BytesMut::new();
-    for (delta, (key, value)) in records.iter().enumerate() {
-        let mut r = BytesMut::with_capacity(16 + key.len() + value.as_ref().map_or(0, Bytes::len));
-        r.put_i8(0);
-        put_varint(&mut r, 0);
-        put_varint(&mut r, delta as i64);
-        put_varint(&mut r, key.len() as i64);
-        r.put_slice(key);
-        match value {
-            Some(v) => {
-                put_varint(&mut r, v.len() as i64);
-                r.put_slice(v);
-            }
-            None => put_varint(&mut r, -1),
-        }
-        put_varint(&mut r, 0);
-        put_varint(&mut body, r.len() as i64);
-        body.put_slice(&r);
-    }
-    let mut b = BytesMut::with_capacity(HEADER_BYTES + body.len());
-    b.put_i64(0);
-    b.put_i32((HEADER_BYTES - 12 + body.len()) as i32);
-    b.put_i32(-1);
-    b.put_i8(2);
-    b.put_u32(0);
-    b.put_i16(0);
-    b.put_i32(records.len() as i32 - 1);
-    b.put_i64(timestamp_ms);
-    b.put_i64(timestamp_ms);
-    b.put_i64(-1);
-    b.put_i16(-1);
-    b.put_i32(-1);
-    b.put_i32(records.len() as i32);
-    b.put_slice(&body);
-    let crc = iouring_storage::compute_crc(&b);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    b.freeze()
-}
-
-/// Calls `each(batch base offset, key, value)` for every record of the batches in `bytes` (whole batches, as a
-/// log read returns them). Only uncompressed batches are expected here, since only the
-/// coordinator writes this topic; anything else is an error naming what is wrong.
-pub fn for_each_record(mut bytes: &[u8], mut each: impl FnMut(i64, &[u8], Option<&[u8]>)) -> Result<(), String> {
-    while bytes.len() >= HEADER_BYTES {
-        let len = i32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        let total = usize::try_from(len).map_err(|_| format!("batch length {len}"))? + 12;
-        if total < HEADER_BYTES || total > bytes.len() {
-            return Err(format!("batch of {total} bytes in {} left", bytes.len()));
-        }
-        let (batch, rest) = bytes.split_at(total);
-        bytes = rest;
-        let base_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
-        let attributes = i16::from_be_bytes([batch[21], batch[22]]);
-        if attributes & 0x07 != 0 {
-            return Err(format!("compressed batch (attributes {attributes:#x})"));
-        }
-        if attributes & 0x20 != 0 {
-            // A control batch (transaction marker) carries no offsets.
-            continue;
-        }
-        let count = i32::from_be_bytes(batch[57..61].try_into().expect("4 bytes"));
-        let mut r = Reader(&batch[HEADER_BYTES..]);
-        for _ in 0..count.max(0) {
-            let len = r.varint().ok_or("bad record length")?;
-            let record = r
-                .take(usize::try_from(len).map_err(|_| "negative record length")?)
-                .ok_or("record past batch end")?;
-            let mut rec = Reader(record);
-            rec.take(1).ok_or("record without attributes")?;
-            rec.varint().ok_or("bad timestamp delta")?;
-            rec.varint().ok_or("bad offset delta")?;
-            let key = rec.bytes().ok_or("bad key")?.unwrap_or_default();
-            let value = rec.bytes().ok_or("bad value")?;
-            each(base_offset, key, value);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::internal::{build_batch, for_each_record};
     use proptest::prelude::*;
 
     #[test]
@@ -289,6 +194,29 @@ mod tests {
         assert_eq!(decoded.records.len(), 1);
         assert_eq!(decoded.records[0].key.as_deref(), Some(&records[0].0[..]));
         assert!(decoded.records[0].value.is_none());
+    }
+
+    #[test]
+    fn pending_transactional_offsets_round_trip() {
+        let c = Committed {
+            offset: 9,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 1,
+        };
+        for value in [Some(c), None] {
+            let (k, v) = encode_pending("g", "t", 3, 77, value.as_ref());
+            assert_eq!(
+                decode(&k, v.as_deref()).unwrap(),
+                Some(OffsetRecord::Pending {
+                    group: "g".into(),
+                    topic: "t".into(),
+                    partition: 3,
+                    producer_id: 77,
+                    value
+                })
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! FindCoordinator (key 10), versions 0-6: where a group's coordinator is. On one node it is
-//! always this broker; the answer only depends on whether the committed-offsets topic exists.
-//! Transaction coordinators (key type 1) do not exist yet.
+//! always this broker, for groups (key type 0) and transactional ids (key type 1) alike.
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -27,7 +26,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         .map(|key| {
             let error = match req.key_type {
                 KEY_TYPE_GROUP => crate::groups::coordinator_shard(broker, &key).err(),
-                KEY_TYPE_TRANSACTION => Some(ResponseError::CoordinatorNotAvailable),
+                KEY_TYPE_TRANSACTION => crate::txn::coordinator_shard(broker, &key).err(),
                 _ => Some(ResponseError::InvalidRequest),
             };
             let c = Coordinator::default().with_key(key);

@@ -1,14 +1,13 @@
-//! InitProducerId (key 22), versions 0-5: producer ids for idempotent producers.
+//! InitProducerId (key 22), versions 0-5: producer ids for idempotent and transactional
+//! producers.
 //!
 //! As Kafka 3.x answers (`KafkaApis.handleInitProducerIdRequest`, `TransactionCoordinator`):
 //! a producer id and epoch must be given together or not at all (INVALID_REQUEST otherwise);
 //! without a transactional id the request is accepted blindly and answered with a new producer
 //! id at epoch 0, even when it names its current id and epoch (KIP-360: for an idempotent
 //! producer Kafka gives a fresh id rather than bumping the epoch). An empty transactional id is
-//! INVALID_REQUEST, as in Kafka. Transactions are not served yet, so any other transactional id
-//! gets COORDINATOR_NOT_AVAILABLE, what Kafka answers while no transaction coordinator can
-//! serve it: retriable, so a transactional producer waits (and times out in
-//! `init_transactions`) instead of failing as if it were not authorized.
+//! INVALID_REQUEST, as in Kafka. Any other transactional id goes to its transaction coordinator
+//! (`txn::TxnCoordinator::init_producer_id`), which keeps its producer id and bumps the epoch.
 //!
 //! Ids come from blocks reserved durably in the cluster metadata (`MetaStore::next_producer_id`),
 //! shared by every shard, so none is ever handed out twice, restarts included.
@@ -28,7 +27,23 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let req: InitProducerIdRequest = decode_body(body, request.version)?;
     let response = match refusal(&req) {
         Some(error) => error_response(error),
-        None => match allocate(broker).await {
+        None if req.transactional_id.is_some() => {
+            let id = req.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            let given = (req.producer_id.0 != NO_PRODUCER_ID).then_some((req.producer_id.0, req.producer_epoch));
+            let (txn, timeout_ms) = (id.clone(), req.transaction_timeout_ms);
+            let answer = crate::txn::on_coordinator(broker, &id, move |c| async move {
+                c.init_producer_id(&txn, timeout_ms, given, super::now_ms()).await
+            })
+            .await
+            .and_then(|r| r);
+            match answer {
+                Ok((pid, epoch)) => InitProducerIdResponse::default()
+                    .with_producer_id(ProducerId(pid))
+                    .with_producer_epoch(epoch),
+                Err(e) => error_response(e),
+            }
+        }
+        None => match crate::metadata::allocate_producer_id(&broker.meta).await {
             Ok(id) => {
                 tracing::debug!(target: "broker", producer_id = id, "producer id handed out");
                 InitProducerIdResponse::default()
@@ -52,20 +67,9 @@ fn refusal(req: &InitProducerIdRequest) -> Option<ResponseError> {
         return Some(ResponseError::InvalidRequest);
     }
     match &req.transactional_id {
-        None => None,
         Some(id) if id.is_empty() => Some(ResponseError::InvalidRequest),
-        Some(_) => Some(ResponseError::CoordinatorNotAvailable),
+        _ => None,
     }
-}
-
-/// A fresh producer id: from the reserved block on the reactor when one is left, else on a
-/// blocking thread (reserving the next block fsyncs the metadata).
-async fn allocate(broker: &Broker) -> Result<i64, crate::metadata::MetaError> {
-    if let Some(id) = broker.meta.try_next_producer_id() {
-        return Ok(id);
-    }
-    let meta = broker.meta.clone();
-    glommio::executor().spawn_blocking(move || meta.next_producer_id()).await
 }
 
 fn error_response(error: ResponseError) -> InitProducerIdResponse {
@@ -96,7 +100,7 @@ mod tests {
         assert_eq!(refusal(&request(None, 7, -1)), Some(ResponseError::InvalidRequest));
         assert_eq!(refusal(&request(None, -1, 0)), Some(ResponseError::InvalidRequest));
         assert_eq!(refusal(&request(Some(""), -1, -1)), Some(ResponseError::InvalidRequest));
-        assert_eq!(refusal(&request(Some("txn"), -1, -1)), Some(ResponseError::CoordinatorNotAvailable));
+        assert_eq!(refusal(&request(Some("txn"), -1, -1)), None, "the transaction coordinator answers");
     }
 
     #[test]

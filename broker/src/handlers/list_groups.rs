@@ -5,38 +5,24 @@ use bytes::Bytes;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
-use shard::{Op, OpResult, ShardId, Task, TaskOutput};
+use shard::ShardId;
 
 use super::{decode_body, Request};
-use crate::groups::group::GroupState;
-use crate::groups::Coordinator;
 use crate::server::Broker;
 
 const GROUP_TYPE: &str = "classic";
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
     let req: ListGroupsRequest = decode_body(body, request.version)?;
-    let calls = (0..broker.meta.shards()).map(|s| {
-        let task = Task(Box::new(|service| {
-            let c = service
-                .downcast::<Coordinator>()
-                .expect("the broker registers its Coordinator on every shard");
-            Box::pin(async move { Box::new(c.list()) as TaskOutput })
-        }));
-        broker.router.call(ShardId(s), vec![Op::Run(task)])
-    });
+    let calls = (0..broker.meta.shards())
+        .map(|s| crate::internal::on_shard(&broker.router, ShardId(s), |services| async move { services.groups.list() }));
     let mut groups = Vec::new();
     let mut error = 0;
     for answer in futures::future::join_all(calls).await {
-        match answer.map(|mut r| r.pop()) {
-            Ok(Some(OpResult::Ran(Ok(out)))) => {
-                let list = *out
-                    .downcast::<Vec<(String, String, GroupState)>>()
-                    .expect("list answers with groups");
-                groups.extend(list);
-            }
+        match answer {
+            Ok(list) => groups.extend(list),
             // A shard still loading its groups: say so, as Kafka does while a coordinator loads.
-            _ => error = kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code(),
+            Err(e) => error = e.code(),
         }
     }
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();

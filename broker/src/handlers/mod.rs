@@ -3,6 +3,8 @@
 //! Architecture invariant: Kafka error codes are chosen here, at the handler boundary
 //! (`errors.rs`); the shard and storage crates report their own errors.
 
+mod add_offsets_to_txn;
+mod add_partitions_to_txn;
 mod alter_configs;
 mod api_versions;
 mod create_partitions;
@@ -13,6 +15,8 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_transactions;
+mod end_txn;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -22,6 +26,7 @@ mod join_group;
 mod leave_group;
 mod list_groups;
 mod list_offsets;
+mod list_transactions;
 mod metadata;
 mod offset_commit;
 mod offset_delete;
@@ -29,6 +34,7 @@ mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
+mod txn_offset_commit;
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseKind};
@@ -63,6 +69,12 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 5),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
     (ApiKey::InitProducerId, 0, 5),
 ];
 
@@ -166,6 +178,12 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
         ApiKey::DescribeGroups => describe_groups::handle(broker, &request, &mut body).await,
         ApiKey::DeleteGroups => delete_groups::handle(broker, &request, &mut body).await,
         ApiKey::OffsetDelete => offset_delete::handle(broker, &request, &mut body).await,
+        ApiKey::AddPartitionsToTxn => add_partitions_to_txn::handle(broker, &request, &mut body).await,
+        ApiKey::AddOffsetsToTxn => add_offsets_to_txn::handle(broker, &request, &mut body).await,
+        ApiKey::EndTxn => end_txn::handle(broker, &request, &mut body).await,
+        ApiKey::TxnOffsetCommit => txn_offset_commit::handle(broker, &request, &mut body).await,
+        ApiKey::DescribeTransactions => describe_transactions::handle(broker, &request, &mut body).await,
+        ApiKey::ListTransactions => list_transactions::handle(broker, &request, &mut body).await,
         ApiKey::InitProducerId => init_producer_id::handle(broker, &request, &mut body).await,
         other => Err(anyhow::anyhow!("no handler for {other:?}")),
     };

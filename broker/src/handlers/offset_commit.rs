@@ -51,9 +51,11 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
             req.generation_id_or_member_epoch,
         );
         let (id, n) = (group_id.clone(), commits.len());
-        crate::groups::on_coordinator(broker, &group_id, move |c| async move { c.commit(&id, member, commits, now).await })
-            .await
-            .unwrap_or_else(|e| vec![e.code(); n])
+        crate::groups::on_coordinator(broker, &group_id, move |c| async move {
+            c.commit(&id, member, commits, None, now).await
+        })
+        .await
+        .unwrap_or_else(|e| vec![e.code(); n])
     };
     let topics = req
         .topics
