@@ -36,6 +36,13 @@ pub struct Flags {
     /// Log format: text or json (default text).
     #[arg(long, env = "BROKER_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Address of the admin HTTP listener serving /metrics, /health and /ready
+    /// (default 127.0.0.1:9644; `off` turns it off).
+    #[arg(long, env = "BROKER_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Record metrics (default true).
+    #[arg(long, env = "BROKER_METRICS_ENABLED")]
+    pub metrics_enabled: Option<bool>,
 }
 
 /// The TOML file: the same keys, snake_case; unknown keys are an error.
@@ -57,6 +64,8 @@ pub struct FileConfig {
     pub fetch_bytes_max: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub admin_listen: Option<String>,
+    pub metrics_enabled: Option<bool>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
@@ -87,6 +96,10 @@ pub struct Config {
     pub fetch_bytes_max: usize,
     pub retention_check_interval_ms: u64,
     pub log_json: bool,
+    /// The admin HTTP listener (/metrics, /health, /ready); `None` when turned off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether metrics are recorded; off, no recorder is installed and `/metrics` answers 404.
+    pub metrics_enabled: bool,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
     pub topic_defaults: Vec<(String, String)>,
 }
@@ -180,6 +193,21 @@ impl Config {
             "json" => true,
             other => return Err(bad("log_format", format!("`{other}` is neither text nor json"))),
         };
+        let admin_text = flags
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:9644".to_owned());
+        let admin_listen = if admin_text == "off" {
+            None
+        } else {
+            let addr: SocketAddr = admin_text
+                .parse()
+                .map_err(|e| bad("admin_listen", format!("`{admin_text}` is neither host:port nor `off`: {e}")))?;
+            if addr == listen {
+                return Err(bad("admin_listen", format!("{addr} is the Kafka listener's address")));
+            }
+            Some(addr)
+        };
         let mut topic_defaults = Vec::new();
         for (k, v) in file.topic_defaults {
             let text = match v {
@@ -208,6 +236,8 @@ impl Config {
             fetch_bytes_max,
             retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
             log_json,
+            admin_listen,
+            metrics_enabled: flags.metrics_enabled.or(file.metrics_enabled).unwrap_or(true),
             topic_defaults,
         })
     }
@@ -224,6 +254,28 @@ mod tests {
         assert_eq!(c.advertised_port, 9092);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.shards >= 1);
+        assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:9644");
+        assert!(c.metrics_enabled);
+    }
+
+    #[test]
+    fn the_admin_listener_can_move_or_be_turned_off_but_not_share_the_kafka_port() {
+        let file: FileConfig = toml::from_str("admin_listen = \"127.0.0.1:9700\"\nmetrics_enabled = false\n").unwrap();
+        let c = Config::merge(Flags::default(), file).unwrap();
+        assert_eq!(c.admin_listen.unwrap().port(), 9700);
+        assert!(!c.metrics_enabled);
+        let off = Flags {
+            admin_listen: Some("off".into()),
+            ..Flags::default()
+        };
+        assert_eq!(Config::merge(off, FileConfig::default()).unwrap().admin_listen, None);
+        for bad_value in ["127.0.0.1:9092", "nowhere"] {
+            let flags = Flags {
+                admin_listen: Some(bad_value.into()),
+                ..Flags::default()
+            };
+            assert_eq!(Config::merge(flags, FileConfig::default()).unwrap_err().key, "admin_listen");
+        }
     }
 
     #[test]

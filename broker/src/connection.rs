@@ -94,6 +94,7 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
             break;
         }
         let frame = frame.freeze();
+        let received = std::time::Instant::now();
         let request = match handlers::parse(&frame) {
             Ok(r) => r,
             Err(reason) => {
@@ -104,7 +105,9 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         let broker2 = broker.clone();
         let peer2 = peer.clone();
         let handle = glommio::spawn_local(async move {
-            match AssertUnwindSafe(handlers::handle(&broker2, request, frame)).catch_unwind().await {
+            let api = request.api_key;
+            broker2.metrics.request_started(api, received.elapsed());
+            let reply = match AssertUnwindSafe(handlers::handle(&broker2, request, frame)).catch_unwind().await {
                 Ok(Outcome::Respond(frame)) => Reply::Frame(frame),
                 Ok(Outcome::NoResponse) => Reply::Nothing,
                 Ok(Outcome::Close(reason)) => {
@@ -115,7 +118,11 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
                     tracing::error!(target: "broker", peer = %peer2, "request handler panicked; closing connection");
                     Reply::Close
                 }
-            }
+            };
+            broker2
+                .metrics
+                .request_finished(api, received.elapsed(), matches!(reply, Reply::Close));
+            reply
         })
         .detach();
         if queue_tx.send(handle).await.is_err() {

@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: only this crate knows the Kafka wire format and Kafka error codes.
 
+pub mod admin_http;
 pub mod alloc;
 pub mod config;
 pub mod connection;
@@ -10,6 +11,7 @@ pub mod errors;
 pub mod frame;
 pub mod handlers;
 pub mod metadata;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod topic_config;

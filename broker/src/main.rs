@@ -40,6 +40,22 @@ fn run() -> anyhow::Result<()> {
         );
     }
     check_port_free(config.listen)?;
+    // Before the shards start: their metric handles must reach the recorder, and /health and
+    // /ready must answer (503) while partitions recover.
+    let metrics = if config.metrics_enabled {
+        Some(broker::metrics::install()?)
+    } else {
+        None
+    };
+    let admin = Arc::new(broker::admin_http::AdminState {
+        ready: AtomicBool::new(false),
+        metrics,
+        data_dir: config.data_dir.clone(),
+    });
+    if let Some(addr) = config.admin_listen {
+        let listener = broker::admin_http::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin_listen): {e}"))?;
+        broker::admin_http::spawn(listener, admin.clone()).context("starting the admin listener")?;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let leftovers =
         shard::remove_deleted(&config.data_dir).with_context(|| format!("clearing deleted partitions in {}", config.data_dir.display()))?;
@@ -81,9 +97,11 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+    admin.ready.store(true, Ordering::Release);
     tracing::info!(
         target: "broker",
         listen = %config.listen,
+        admin = %config.admin_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
         shards = config.shards,
         partitions,

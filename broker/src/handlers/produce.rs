@@ -21,6 +21,8 @@ const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 struct Slot {
     topic: usize,
     partition: usize,
+    /// The batch's size, for the bytes-in metrics.
+    bytes: usize,
 }
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
@@ -34,12 +36,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let now = now_ms();
     let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
     let mut by_owner: BTreeMap<ShardId, (Vec<Op>, Vec<Slot>)> = BTreeMap::new();
+    let mut topics = Vec::with_capacity(req.topic_data.len());
     for (ti, t) in req.topic_data.into_iter().enumerate() {
         let topic = if request.version >= 13 {
             meta.topic_by_id(t.topic_id)
         } else {
             meta.topics.get(t.name.0.as_str())
         };
+        topics.push(topic);
         let mut partitions = Vec::with_capacity(t.partition_data.len());
         for (pi, p) in t.partition_data.into_iter().enumerate() {
             let mut answer = PartitionProduceResponse::default()
@@ -95,6 +99,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 records
             };
             partitions.push(answer);
+            let bytes = batch.len();
             let entry = by_owner.entry(owner).or_default();
             entry.0.push(Op::Append {
                 tp,
@@ -103,7 +108,11 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 now_ms: now,
                 durable,
             });
-            entry.1.push(Slot { topic: ti, partition: pi });
+            entry.1.push(Slot {
+                topic: ti,
+                partition: pi,
+                bytes,
+            });
         }
         let name = if request.version >= 13 { t.name } else { t.name.clone() };
         responses.push(
@@ -118,6 +127,10 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         let answer = &mut responses[slot.topic].partition_responses[slot.partition];
         match result {
             Ok(OpResult::Appended(Ok((info, offsets)))) => {
+                if let Some(topic) = topics[slot.topic] {
+                    let messages = info.last_offset - info.base_offset + 1;
+                    broker.metrics.produced(&topic.name, slot.bytes as u64, messages);
+                }
                 answer.base_offset = info.base_offset as i64;
                 if request.version >= 5 {
                     answer.log_start_offset = offsets.log_start as i64;
