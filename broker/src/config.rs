@@ -43,6 +43,10 @@ pub struct Flags {
     /// Record metrics (default true).
     #[arg(long, env = "BROKER_METRICS_ENABLED")]
     pub metrics_enabled: Option<bool>,
+    /// Export request traces to this OpenTelemetry collector, `http://host:port[/v1/traces]`
+    /// (OTLP/HTTP, JSON); default off.
+    #[arg(long, env = "BROKER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case; unknown keys are an error.
@@ -66,6 +70,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub admin_listen: Option<String>,
     pub metrics_enabled: Option<bool>,
+    pub otlp_endpoint: Option<String>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
@@ -100,6 +105,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Whether metrics are recorded; off, no recorder is installed and `/metrics` answers 404.
     pub metrics_enabled: bool,
+    /// Where request traces go; `None` (the default) exports nothing.
+    pub otlp_endpoint: Option<crate::otlp::Endpoint>,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
     pub topic_defaults: Vec<(String, String)>,
 }
@@ -208,6 +215,10 @@ impl Config {
             }
             Some(addr)
         };
+        let otlp_endpoint = match flags.otlp_endpoint.or(file.otlp_endpoint) {
+            Some(text) => Some(crate::otlp::Endpoint::parse(&text).map_err(|reason| bad("otlp_endpoint", reason))?),
+            None => None,
+        };
         let mut topic_defaults = Vec::new();
         for (k, v) in file.topic_defaults {
             let text = match v {
@@ -238,6 +249,7 @@ impl Config {
             log_json,
             admin_listen,
             metrics_enabled: flags.metrics_enabled.or(file.metrics_enabled).unwrap_or(true),
+            otlp_endpoint,
             topic_defaults,
         })
     }
@@ -256,10 +268,11 @@ mod tests {
         assert!(c.shards >= 1);
         assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:9644");
         assert!(c.metrics_enabled);
+        assert_eq!(c.otlp_endpoint, None, "traces are off unless asked for");
     }
 
     #[test]
-    fn the_admin_listener_can_move_or_be_turned_off_but_not_share_the_kafka_port() {
+    fn the_admin_listener_moves_or_turns_off_and_traces_need_an_http_collector() {
         let file: FileConfig = toml::from_str("admin_listen = \"127.0.0.1:9700\"\nmetrics_enabled = false\n").unwrap();
         let c = Config::merge(Flags::default(), file).unwrap();
         assert_eq!(c.admin_listen.unwrap().port(), 9700);
@@ -269,6 +282,13 @@ mod tests {
             ..Flags::default()
         };
         assert_eq!(Config::merge(off, FileConfig::default()).unwrap().admin_listen, None);
+        let traced: FileConfig = toml::from_str("otlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+        assert_eq!(
+            Config::merge(Flags::default(), traced).unwrap().otlp_endpoint.unwrap().path,
+            "/v1/traces"
+        );
+        let untraceable: FileConfig = toml::from_str("otlp_endpoint = \"https://c:4318\"\n").unwrap();
+        assert_eq!(Config::merge(Flags::default(), untraceable).unwrap_err().key, "otlp_endpoint");
         for bad_value in ["127.0.0.1:9092", "nowhere"] {
             let flags = Flags {
                 admin_listen: Some(bad_value.into()),

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
+use tracing::Instrument as _;
 
 use crate::frame::Frame;
 use crate::handlers::{self, Outcome};
@@ -107,7 +108,11 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         let handle = glommio::spawn_local(async move {
             let api = request.api_key;
             broker2.metrics.request_started(api, received.elapsed());
-            let reply = match AssertUnwindSafe(handlers::handle(&broker2, request, frame)).catch_unwind().await {
+            // Exported as a trace when `otlp_endpoint` is set; otherwise disabled at its callsite.
+            let span = tracing::debug_span!(target: "broker::trace", "kafka.request", api = ?api, version = request.version,
+                correlation_id = request.header.correlation_id, shard = broker2.shard.0, peer = %peer2);
+            let handled = handlers::handle(&broker2, request, frame).instrument(span);
+            let reply = match AssertUnwindSafe(handled).catch_unwind().await {
                 Ok(Outcome::Respond(frame)) => Reply::Frame(frame),
                 Ok(Outcome::NoResponse) => Reply::Nothing,
                 Ok(Outcome::Close(reason)) => {

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod handlers;
 pub mod metadata;
 pub mod metrics;
+pub mod otlp;
 pub mod records;
 pub mod server;
 pub mod topic_config;
