@@ -468,3 +468,63 @@ fn resident_bytes() -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(f: impl FnOnce()) -> String {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, f);
+        handle.render()
+    }
+
+    #[test]
+    fn consumer_lag_is_published_under_the_documented_names_and_labels() {
+        let text = rendered(|| record_consumer_lag("billing", "orders", 3, 42, 1.5));
+        assert!(
+            text.contains("kafka_consumergroup_lag_offsets{group=\"billing\",topic=\"orders\",partition=\"3\"} 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafka_consumergroup_lag_seconds{group=\"billing\",topic=\"orders\",partition=\"3\"} 1.5\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn batches_count_per_topic_and_broker_wide_and_nothing_when_disabled() {
+        let text = rendered(|| {
+            let on = ShardMetrics::new(1, true);
+            on.produced("a", 100, 3);
+            on.produced("a", 50, 2);
+            on.produced("b", 10, 1);
+            on.fetched("a", 150, 5);
+            on.request_started(ApiKey::Produce, Duration::from_micros(30));
+            on.request_finished(ApiKey::Produce, Duration::from_millis(2), true);
+            let off = ShardMetrics::new(2, false);
+            off.produced("a", 1000, 1000);
+            off.request_started(ApiKey::Produce, Duration::ZERO);
+        });
+        for line in [
+            "kafka_bytes_in_total{shard=\"1\"} 160",
+            "kafka_messages_in_total{shard=\"1\"} 6",
+            "kafka_topic_bytes_in_total{topic=\"a\",shard=\"1\"} 150",
+            "kafka_topic_messages_in_total{topic=\"b\",shard=\"1\"} 1",
+            "kafka_topic_bytes_out_total{topic=\"a\",shard=\"1\"} 150",
+            "kafka_messages_out_total{shard=\"1\"} 5",
+            "kafka_requests_total{api=\"Produce\",shard=\"1\"} 1",
+            "kafka_request_errors_total{api=\"Produce\",shard=\"1\"} 1",
+            "kafka_request_duration_seconds_count{api=\"Produce\",shard=\"1\"} 1",
+            "kafka_bytes_in_total{shard=\"2\"} 0",
+            "kafka_requests_total{api=\"Produce\",shard=\"2\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+        assert!(
+            !text.contains("topic=\"a\",shard=\"2\""),
+            "a disabled shard registers no topic series"
+        );
+    }
+}
