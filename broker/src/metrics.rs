@@ -16,7 +16,7 @@ use kafka_protocol::messages::ApiKey;
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
-use shard::{Partitions, TopicPartition};
+use shard::TopicPartition;
 
 /// Metric names, Prometheus style: snake case, unit last, `_total` on counters.
 pub mod names {
@@ -69,7 +69,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A gauge nobody has set for this long disappears from `/metrics`: the size of a deleted
 /// partition, the lag of a group that is gone. Every live gauge is set at least once per
-/// `SAMPLE_INTERVAL` (or per lag evaluation), well inside it.
+/// `SAMPLE_INTERVAL`, per scrape (disk, memory, ready) or per lag evaluation; a cached gauge
+/// handle that expired would never come back, so each one is set by the sampler.
 pub const GAUGE_IDLE_MAX: Duration = Duration::from_secs(120);
 
 /// Installs the Prometheus recorder as the process's metrics recorder and describes every
@@ -358,7 +359,8 @@ impl LogTotals {
 /// Log counters live in each log (iouring-storage knows nothing of metrics); a partition that
 /// closes keeps counting through the last totals seen for it, so the shard's counters never
 /// go backwards when a topic is deleted.
-pub async fn run_sampler(shard: usize, partitions: Rc<Partitions>, stop: std::sync::Arc<AtomicBool>) {
+pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc<AtomicBool>) {
+    let (shard, partitions) = (broker.shard.0, broker.partitions.clone());
     let s = || [("shard", shard.to_string())];
     let partitions_gauge = metrics::gauge!(names::PARTITIONS, &s());
     let disk_used = metrics::gauge!(names::DISK_USED, &s());
@@ -410,6 +412,8 @@ pub async fn run_sampler(shard: usize, partitions: Rc<Partitions>, stop: std::sy
             keep
         });
         partitions_gauge.set(seen.len() as f64);
+        // Set on every change too; set here as well so that it never goes idle and expires.
+        broker.metrics.set_connections(broker.open_connections());
         disk_used.set(used as f64);
         write_buffers.set(buffers as f64);
         let cache = partitions.batch_cache_stats();

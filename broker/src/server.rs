@@ -25,6 +25,13 @@ pub struct Broker {
     connections: Cell<usize>,
 }
 
+impl Broker {
+    /// Client connections open on this shard.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker").field("shard", &self.shard).finish()
@@ -84,7 +91,7 @@ pub async fn run_shard(
     });
     let sampler = config
         .metrics_enabled
-        .then(|| glommio::spawn_local(crate::metrics::run_sampler(me.0, ctx.partitions.clone(), stop.clone())));
+        .then(|| glommio::spawn_local(crate::metrics::run_sampler(broker.clone(), stop.clone())));
 
     let housekeeping = {
         let (partitions, stop, interval) = (
