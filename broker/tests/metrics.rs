@@ -2,8 +2,9 @@
 //! known size, then `/metrics` must count exactly those bytes and records, parse with
 //! Prometheus's own `promtool check metrics`, and the shipped alert rules must pass
 //! `promtool check rules` (promtool comes from Debian's `prometheus` package, see
-//! `scripts/ci-deps/40-prometheus.sh`). `/health` and `/ready` answer 200 once the broker is up,
-//! and with metrics turned off `/metrics` answers 404 while the broker keeps serving.
+//! `scripts/ci-deps/40-prometheus.sh`). `/ready` answers 503 while partitions recover, and
+//! `/health` and `/ready` 200 once the broker is up; with metrics turned off `/metrics` answers
+//! 404 while the broker keeps serving.
 
 mod common;
 
@@ -258,4 +259,74 @@ fn with_metrics_off_the_admin_listener_still_answers_and_metrics_say_404() {
     assert_eq!(http_get(&broker.admin(), "/ready").0, 200);
     assert_eq!(http_get(&broker.admin(), "/metrics").0, 404);
     assert_eq!(http_get(&broker.admin(), "/nothing-here").0, 404);
+}
+
+/// Kills the hand-started broker if the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path`'s status, or `None` while nothing listens.
+fn try_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn ready_answers_503_while_partitions_recover_and_200_once_every_shard_serves() {
+    // 300 partitions take a debug build a few hundred milliseconds to recover at start-up.
+    let mut broker = BrokerProcess::start(&["--default-partitions", "300"]);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("create producer");
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some("many"), WAIT_MAX)
+        .expect("metadata auto-creates the topic");
+    assert_eq!(metadata.topics()[0].partitions().len(), 300);
+    drop(producer);
+    broker.stop();
+
+    // Started by hand, so that /ready can be watched while the shards recover.
+    let child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        .arg("--listen")
+        .arg(broker.bootstrap())
+        .arg("--admin-listen")
+        .arg(broker.admin())
+        .arg("--data-dir")
+        .arg(&broker.data_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    let _child = KillOnDrop(child);
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut answers = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "/ready never answered 200: {answers:?}");
+        match try_status(&broker.admin(), "/ready") {
+            Some(200) => break,
+            Some(status) => {
+                answers.push(status);
+                assert_eq!(try_status(&broker.admin(), "/health"), Some(200), "alive while recovering");
+            }
+            None => {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!answers.is_empty(), "no answer from /ready before it said 200");
+    assert!(answers.iter().all(|&s| s == 503), "{answers:?}");
+    // Ready means the Kafka listener takes clients.
+    assert!(std::net::TcpStream::connect(broker.bootstrap()).is_ok());
 }
