@@ -253,6 +253,34 @@ fn the_shipped_alert_rules_pass_promtool_and_fire_on_their_unit_tests() {
 }
 
 #[test]
+fn every_dashboard_query_is_valid_promql() {
+    // promtool has no offline query checker, but it parses recording rules: each panel's
+    // query becomes one, with Grafana's variables replaced by what they stand for.
+    let text = std::fs::read_to_string(monitoring_dir().join("grafana-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has a query");
+            let expr = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*")
+                .replace("$topic", ".*");
+            queries += 1;
+            rules.push_str(&format!(
+                "      - record: dashboard:query{queries}\n        expr: {}\n",
+                serde_json::to_string(&expr).unwrap()
+            ));
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), rules).unwrap();
+    promtool(&["check", "rules", file.path().to_str().unwrap()], b"");
+}
+
+#[test]
 fn with_metrics_off_the_admin_listener_still_answers_and_metrics_say_404() {
     let broker = BrokerProcess::start(&["--metrics-enabled", "false"]);
     assert_eq!(http_get(&broker.admin(), "/health").0, 200);
