@@ -48,6 +48,17 @@ pub struct Flags {
     /// log.cleaner.backoff.ms).
     #[arg(long, env = "BROKER_COMPACTION_CHECK_INTERVAL_MS")]
     pub compaction_check_interval_ms: Option<u64>,
+    /// Address of the admin HTTP listener serving /metrics, /health and /ready
+    /// (default 127.0.0.1:9644; `off` turns it off).
+    #[arg(long, env = "BROKER_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// Record metrics (default true).
+    #[arg(long, env = "BROKER_METRICS_ENABLED")]
+    pub metrics_enabled: Option<bool>,
+    /// Export request traces to this OpenTelemetry collector, `http://host:port[/v1/traces]`
+    /// (OTLP/HTTP, JSON); default off.
+    #[arg(long, env = "BROKER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The TOML file: the same keys, snake_case; unknown keys are an error.
@@ -77,6 +88,9 @@ pub struct FileConfig {
     pub offset_metadata_max_bytes: Option<usize>,
     pub transaction_state_partitions: Option<i32>,
     pub transaction_max_timeout_ms: Option<i32>,
+    pub admin_listen: Option<String>,
+    pub metrics_enabled: Option<bool>,
+    pub otlp_endpoint: Option<String>,
     /// Broker-wide defaults for topic configs, with Kafka's names (`retention.ms`, ...).
     #[serde(default)]
     pub topic_defaults: std::collections::BTreeMap<String, toml::Value>,
@@ -108,6 +122,12 @@ pub struct Config {
     pub retention_check_interval_ms: u64,
     pub compaction_check_interval_ms: u64,
     pub log_json: bool,
+    /// The admin HTTP listener (/metrics, /health, /ready); `None` when turned off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Whether metrics are recorded; off, no recorder is installed and `/metrics` answers 404.
+    pub metrics_enabled: bool,
+    /// Where request traces go; `None` (the default) exports nothing.
+    pub otlp_endpoint: Option<crate::otlp::Endpoint>,
     /// Topic config defaults given in the file, as strings, checked like topic configs.
     pub topic_defaults: Vec<(String, String)>,
     /// The group coordinator's settings.
@@ -205,6 +225,25 @@ impl Config {
             "json" => true,
             other => return Err(bad("log_format", format!("`{other}` is neither text nor json"))),
         };
+        let admin_text = flags
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:9644".to_owned());
+        let admin_listen = if admin_text == "off" {
+            None
+        } else {
+            let addr: SocketAddr = admin_text
+                .parse()
+                .map_err(|e| bad("admin_listen", format!("`{admin_text}` is neither host:port nor `off`: {e}")))?;
+            if addr == listen {
+                return Err(bad("admin_listen", format!("{addr} is the Kafka listener's address")));
+            }
+            Some(addr)
+        };
+        let otlp_endpoint = match flags.otlp_endpoint.or(file.otlp_endpoint) {
+            Some(text) => Some(crate::otlp::Endpoint::parse(&text).map_err(|reason| bad("otlp_endpoint", reason))?),
+            None => None,
+        };
         let mut topic_defaults = Vec::new();
         for (k, v) in file.topic_defaults {
             let text = match v {
@@ -284,6 +323,9 @@ impl Config {
                 .unwrap_or(15_000)
                 .max(100),
             log_json,
+            admin_listen,
+            metrics_enabled: flags.metrics_enabled.or(file.metrics_enabled).unwrap_or(true),
+            otlp_endpoint,
             topic_defaults,
             groups,
             txns,
@@ -302,6 +344,36 @@ mod tests {
         assert_eq!(c.advertised_port, 9092);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.shards >= 1);
+        assert_eq!(c.admin_listen.unwrap().to_string(), "127.0.0.1:9644");
+        assert!(c.metrics_enabled);
+        assert_eq!(c.otlp_endpoint, None, "traces are off unless asked for");
+    }
+
+    #[test]
+    fn the_admin_listener_moves_or_turns_off_and_traces_need_an_http_collector() {
+        let file: FileConfig = toml::from_str("admin_listen = \"127.0.0.1:9700\"\nmetrics_enabled = false\n").unwrap();
+        let c = Config::merge(Flags::default(), file).unwrap();
+        assert_eq!(c.admin_listen.unwrap().port(), 9700);
+        assert!(!c.metrics_enabled);
+        let off = Flags {
+            admin_listen: Some("off".into()),
+            ..Flags::default()
+        };
+        assert_eq!(Config::merge(off, FileConfig::default()).unwrap().admin_listen, None);
+        let traced: FileConfig = toml::from_str("otlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+        assert_eq!(
+            Config::merge(Flags::default(), traced).unwrap().otlp_endpoint.unwrap().path,
+            "/v1/traces"
+        );
+        let untraceable: FileConfig = toml::from_str("otlp_endpoint = \"https://c:4318\"\n").unwrap();
+        assert_eq!(Config::merge(Flags::default(), untraceable).unwrap_err().key, "otlp_endpoint");
+        for bad_value in ["127.0.0.1:9092", "nowhere"] {
+            let flags = Flags {
+                admin_listen: Some(bad_value.into()),
+                ..Flags::default()
+            };
+            assert_eq!(Config::merge(flags, FileConfig::default()).unwrap_err().key, "admin_listen");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
+use tracing::Instrument as _;
 
 use crate::frame::Frame;
 use crate::handlers::{self, Outcome};
@@ -94,6 +95,7 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
             break;
         }
         let frame = frame.freeze();
+        let received = std::time::Instant::now();
         let request = match handlers::parse(&frame) {
             Ok(r) => r,
             Err(reason) => {
@@ -104,7 +106,13 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         let broker2 = broker.clone();
         let peer2 = peer.clone();
         let handle = glommio::spawn_local(async move {
-            match AssertUnwindSafe(handlers::handle(&broker2, request, frame)).catch_unwind().await {
+            let api = request.api_key;
+            broker2.metrics.request_started(api, received.elapsed());
+            // Exported as a trace when `otlp_endpoint` is set; otherwise disabled at its callsite.
+            let span = tracing::debug_span!(target: "broker::trace", "kafka.request", api = ?api, version = request.version,
+                correlation_id = request.header.correlation_id, shard = broker2.shard.0, peer = %peer2);
+            let handled = handlers::handle(&broker2, request, frame).instrument(span);
+            let reply = match AssertUnwindSafe(handled).catch_unwind().await {
                 Ok(Outcome::Respond(frame)) => Reply::Frame(frame),
                 Ok(Outcome::NoResponse) => Reply::Nothing,
                 Ok(Outcome::Close(reason)) => {
@@ -115,7 +123,11 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
                     tracing::error!(target: "broker", peer = %peer2, "request handler panicked; closing connection");
                     Reply::Close
                 }
-            }
+            };
+            broker2
+                .metrics
+                .request_finished(api, received.elapsed(), matches!(reply, Reply::Close));
+            reply
         })
         .detach();
         if queue_tx.send(handle).await.is_err() {

@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: only this crate knows the Kafka wire format and Kafka error codes.
 
+pub mod admin_http;
 pub mod alloc;
 pub mod compaction;
 pub mod config;
@@ -14,6 +15,8 @@ pub mod groups;
 pub mod handlers;
 pub mod internal;
 pub mod metadata;
+pub mod metrics;
+pub mod otlp;
 pub mod records;
 pub mod server;
 pub mod topic_config;

@@ -9,6 +9,9 @@ use anyhow::Context;
 use broker::config::{Config, Flags};
 use broker::metadata::MetaStore;
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 /// Huge allocations become lazily backed reservations, so that a hostile array count in a
 /// request cannot abort the process (see `broker::alloc`).
@@ -26,12 +29,22 @@ fn run() -> anyhow::Result<()> {
     let config = Config::load(Flags::parse())?;
     let (writer, _flush_guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
-    if config.log_json {
-        builder.json().init();
+    let logs = if config.log_json {
+        tracing_subscriber::fmt::layer().json().with_writer(writer).boxed()
     } else {
-        builder.init();
-    }
+        tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+    };
+    // Each layer has its own filter: RUST_LOG decides what is logged, and the request spans
+    // reach the OTLP layer (when there is one) whatever it says.
+    let traces = match &config.otlp_endpoint {
+        Some(endpoint) => Some(
+            broker::otlp::layer(endpoint.clone())
+                .context("starting the OTLP exporter")?
+                .with_filter(tracing_subscriber::filter::Targets::new().with_target(broker::otlp::TARGET, tracing::Level::DEBUG)),
+        ),
+        None => None,
+    };
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(traces).init();
 
     if broker::alloc::overcommit_is_strict() {
         tracing::warn!(
@@ -40,6 +53,22 @@ fn run() -> anyhow::Result<()> {
         );
     }
     check_port_free(config.listen)?;
+    // Before the shards start: their metric handles must reach the recorder, and /health and
+    // /ready must answer (503) while partitions recover.
+    let metrics = if config.metrics_enabled {
+        Some(broker::metrics::install()?)
+    } else {
+        None
+    };
+    let admin = Arc::new(broker::admin_http::AdminState {
+        ready: AtomicBool::new(false),
+        metrics,
+        data_dir: config.data_dir.clone(),
+    });
+    if let Some(addr) = config.admin_listen {
+        let listener = broker::admin_http::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} (admin_listen): {e}"))?;
+        broker::admin_http::spawn(listener, admin.clone()).context("starting the admin listener")?;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let leftovers =
         shard::remove_deleted(&config.data_dir).with_context(|| format!("clearing deleted partitions in {}", config.data_dir.display()))?;
@@ -85,9 +114,11 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+    admin.ready.store(true, Ordering::Release);
     tracing::info!(
         target: "broker",
         listen = %config.listen,
+        admin = %config.admin_listen.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         advertised = %format!("{}:{}", config.advertised_host, config.advertised_port),
         shards = config.shards,
         partitions,

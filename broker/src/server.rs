@@ -20,7 +20,16 @@ pub struct Broker {
     pub router: Router,
     pub shard: ShardId,
     pub partitions: Rc<Partitions>,
+    /// This shard's metric handles.
+    pub metrics: crate::metrics::ShardMetrics,
     connections: Cell<usize>,
+}
+
+impl Broker {
+    /// Client connections open on this shard.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -32,7 +41,7 @@ impl std::fmt::Debug for Broker {
 /// How often a shard looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
-async fn stopped(stop: &AtomicBool) {
+pub(crate) async fn stopped(stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
     }
@@ -132,8 +141,12 @@ pub async fn run_shard(
         router: ctx.router.clone(),
         shard: me,
         partitions: ctx.partitions.clone(),
+        metrics: crate::metrics::ShardMetrics::new(me.0, config.metrics_enabled),
         connections: Cell::new(0),
     });
+    let sampler = config
+        .metrics_enabled
+        .then(|| glommio::spawn_local(crate::metrics::run_sampler(broker.clone(), stop.clone())));
 
     let housekeeping = {
         let partitions = ctx.partitions.clone();
@@ -191,10 +204,12 @@ pub async fn run_shard(
                     continue;
                 }
                 broker.connections.set(broker.connections.get() + 1);
+                broker.metrics.set_connections(broker.connections.get());
                 let b = broker.clone();
                 glommio::spawn_local(async move {
                     crate::connection::serve(b.clone(), stream).await;
                     b.connections.set(b.connections.get() - 1);
+                    b.metrics.set_connections(b.connections.get());
                 })
                 .detach();
             }
@@ -204,6 +219,9 @@ pub async fn run_shard(
     let _ = group_timers.await;
     let _ = compaction.await;
     let _ = txn_timers.await;
+    if let Some(sampler) = sampler {
+        sampler.await;
+    }
     // Clean stop: everything appended becomes durable before the process exits.
     ctx.partitions.close_all().await;
     tracing::info!(target: "broker", shard = me.0, "shard stopped");

@@ -219,8 +219,12 @@ fn concurrent_appenders_share_fdatasyncs_and_learn_their_offsets_are_durable() {
         for t in tasks {
             acked.extend(t.await);
         }
-        let commits = log.stats().group_commits;
+        let stats = log.stats();
+        let commits = stats.group_commits;
+        assert!(commits > 0, "group commits are counted");
         assert!(commits < 64 * 20 / 2, "1280 appends took {commits} fdatasyncs: no grouping");
+        assert_eq!(stats.appended_batches, 64 * 20);
+        assert_eq!(stats.committed_bytes, stats.size_bytes, "every appended byte was committed once");
         acked.sort();
         assert_eq!(read_all(&log).await, acked);
     });

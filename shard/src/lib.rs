@@ -22,5 +22,5 @@ pub use batch_cache::BatchCacheStats;
 pub use error::{Error, Result};
 pub use ops::{CommittedRead, Op, OpResult, ReadData, Task, TaskFuture, TaskOutput};
 pub use partitions::{remove_deleted, LocalRead, LogConfigProvider, Partitions, DELETED_SUFFIX};
-pub use runtime::{start, Router, RuntimeConfig, ShardContext, ShardSet};
+pub use runtime::{start, Router, RuntimeConfig, ShardContext, ShardSet, MESH_MESSAGES_METRIC};
 pub use topic_partition::{ShardId, TopicPartition};

@@ -44,7 +44,14 @@ pub struct Router {
     me: ShardId,
     to: Rc<Vec<Option<ConnectedSender<Envelope>>>>,
     partitions: Rc<Partitions>,
+    /// Messages this shard sent to others: registered once with this shard's label, so the
+    /// count is bumped by this core only.
+    mesh_messages: metrics::Counter,
 }
+
+/// Name of the counter of cross-core messages, one series per sending shard. Counted here
+/// through the `metrics` facade; the broker installs the recorder that exports it.
+pub const MESH_MESSAGES_METRIC: &str = "broker_mesh_messages_total";
 
 impl Router {
     pub fn me(&self) -> ShardId {
@@ -58,6 +65,7 @@ impl Router {
         }
         let sender = self.to.get(shard.0).and_then(|s| s.as_ref()).ok_or(Error::ShardGone(shard.0))?;
         let (reply, answer) = oneshot::channel();
+        self.mesh_messages.increment(1);
         if sender.send(Envelope { ops, reply }).await.is_err() {
             return Err(Error::ShardGone(shard.0));
         }
@@ -155,6 +163,7 @@ where
                     me: ShardId(i),
                     to: Rc::new(mesh.to),
                     partitions: partitions.clone(),
+                    mesh_messages: metrics::counter!(MESH_MESSAGES_METRIC, "shard" => i.to_string()),
                 };
                 let _ = ready.send(i);
                 main(ShardContext {

@@ -99,7 +99,8 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
         );
     }
 
-    let mut data: Vec<Option<Records>> = (0..wanted.len()).map(|_| None).collect();
+    // Each partition's records with the number of offsets they span (records, for metrics).
+    let mut data: Vec<Option<(Records, u64)>> = (0..wanted.len()).map(|_| None).collect();
     loop {
         let mut by_owner: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
         for (i, w) in wanted.iter().enumerate() {
@@ -132,8 +133,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                     Ok(results) => results
                         .into_iter()
                         .map(|r| match r {
-                            OpResult::Read(Ok((d, offsets))) => Ok((d.map(|d| Records::Shared(d.chunks)), offsets, Vec::new())),
-                            OpResult::ReadCommitted(Ok(r)) => Ok((r.data.map(|d| Records::Shared(d.chunks)), r.offsets, r.aborted)),
+                            OpResult::Read(Ok((d, offsets))) => {
+                                Ok((d.map(|d| (Records::Shared(d.chunks), d.next_offset - d.first_offset)), offsets, Vec::new()))
+                            }
+                            OpResult::ReadCommitted(Ok(r)) => Ok((
+                                r.data.map(|d| (Records::Shared(d.chunks), d.next_offset - d.first_offset)),
+                                r.offsets,
+                                r.aborted,
+                            )),
                             OpResult::Read(Err(e)) | OpResult::ReadCommitted(Err(e)) => Err(e),
                             other => Err(shard::Error::UnknownPartition(format!("read answered with {other:?}"))),
                         })
@@ -170,7 +177,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                         if request.version >= 5 {
                             answer.log_start_offset = offsets.log_start as i64;
                         }
-                        total += records.as_ref().map_or(0, Records::len);
+                        total += records.as_ref().map_or(0, |(r, _)| r.len());
                         data[i] = records;
                     }
                     Err(e) => {
@@ -183,6 +190,9 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
             }
         }
         let left = wait.saturating_sub(started.elapsed());
+        if errors {
+            broker.metrics.request_error(kafka_protocol::messages::ApiKey::Fetch);
+        }
         if total >= min_bytes || errors || left.is_zero() || wanted.is_empty() {
             break;
         }
@@ -199,7 +209,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let mut first = true;
     let mut spliced = Vec::new();
     for (w, records) in wanted.iter().zip(data) {
-        let Some(records) = records.filter(|r| !r.is_empty()) else {
+        let Some((records, messages)) = records.filter(|(r, _)| !r.is_empty()) else {
             continue;
         };
         let len = records.len();
@@ -208,6 +218,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
             first = false;
             // A non-empty placeholder marks where `encode_fetch` splices the records in.
             responses[w.topic].partitions[w.partition].records = Some(Bytes::from_static(b"records"));
+            broker.metrics.fetched(&w.tp.topic, len as u64, messages);
             spliced.push(records);
         }
     }
@@ -215,9 +226,10 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     frame::encode_fetch(request.version, request.header.correlation_id, response, spliced)
 }
 
-/// What one partition's read gave: its records (if any), the log's offsets, and (for
-/// read_committed) the aborted transactions overlapping the records.
-type ReadOutcome = Result<(Option<Records>, iouring_storage::LogOffsets, Vec<iouring_storage::AbortedTxn>), shard::Error>;
+/// What one partition's read gave: its records (if any) with the number of offsets they span
+/// (for metrics), the log's offsets, and (for read_committed) the aborted transactions
+/// overlapping the records.
+type ReadOutcome = Result<(Option<(Records, u64)>, iouring_storage::LogOffsets, Vec<iouring_storage::AbortedTxn>), shard::Error>;
 
 /// Reads a partition this shard owns: from the shard's batch cache when it holds the data
 /// (shared, no disk I/O), else keeping the O_DIRECT read buffer for the response.
@@ -229,8 +241,8 @@ async fn read_local(broker: &Broker, tp: &TopicPartition, offset: u64, max_bytes
         (read, offsets, Vec::new())
     };
     let records = read.map(|r| match r {
-        LocalRead::Cached(data) => Records::Shared(data.chunks),
-        LocalRead::Log(r) => Records::Log(r.bytes),
+        LocalRead::Cached(data) => (Records::Shared(data.chunks), data.next_offset - data.first_offset),
+        LocalRead::Log(r) => (Records::Log(r.bytes), r.next_offset - r.first_offset),
     });
     Ok((records, offsets, aborted))
 }

@@ -189,6 +189,11 @@ pub async fn handle(broker: &Broker, request: Request, frame: Bytes) -> Outcome 
     };
     match result {
         Ok(Some(response)) => {
+            if let ResponseKind::Produce(p) = &response {
+                if p.responses.iter().flat_map(|t| &t.partition_responses).any(|p| p.error_code != 0) {
+                    broker.metrics.request_error(ApiKey::Produce);
+                }
+            }
             // ApiVersions always answers with a v0 header, and the fallback with a v0 body.
             let version = if request.api_versions_fallback { 0 } else { request.version };
             match encode(request.api_key, version, request.header.correlation_id, &response) {

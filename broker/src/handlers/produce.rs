@@ -22,6 +22,8 @@ const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 struct Slot {
     topic: usize,
     partition: usize,
+    /// The batch's size, for the bytes-in metrics.
+    bytes: usize,
 }
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
@@ -35,12 +37,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     let now = now_ms();
     let mut responses: Vec<TopicProduceResponse> = Vec::with_capacity(req.topic_data.len());
     let mut by_owner: BTreeMap<ShardId, (Vec<Op>, Vec<Slot>)> = BTreeMap::new();
+    let mut topics = Vec::with_capacity(req.topic_data.len());
     for (ti, t) in req.topic_data.into_iter().enumerate() {
         let topic = if request.version >= 13 {
             meta.topic_by_id(t.topic_id)
         } else {
             meta.topics.get(t.name.0.as_str())
         };
+        topics.push(topic);
         let mut partitions = Vec::with_capacity(t.partition_data.len());
         for (pi, p) in t.partition_data.into_iter().enumerate() {
             let mut answer = PartitionProduceResponse::default()
@@ -101,6 +105,7 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 records
             };
             partitions.push(answer);
+            let bytes = batch.len();
             let entry = by_owner.entry(owner).or_default();
             entry.0.push(Op::Append {
                 tp,
@@ -109,7 +114,11 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 now_ms: now,
                 durable,
             });
-            entry.1.push(Slot { topic: ti, partition: pi });
+            entry.1.push(Slot {
+                topic: ti,
+                partition: pi,
+                bytes,
+            });
         }
         let name = if request.version >= 13 { t.name } else { t.name.clone() };
         responses.push(
@@ -126,6 +135,10 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
             Ok(OpResult::Appended(Ok((info, offsets)))) => {
                 // A duplicate (an idempotent producer's retry) gets the original batch's
                 // offsets, and under LogAppendTime its time, as Kafka answers it.
+                if let Some(topic) = topics[slot.topic] {
+                    let messages = info.last_offset - info.base_offset + 1;
+                    broker.metrics.produced(&topic.name, slot.bytes as u64, messages);
+                }
                 answer.base_offset = info.base_offset as i64;
                 if info.duplicate && answer.log_append_time_ms != -1 {
                     answer.log_append_time_ms = info.max_timestamp;

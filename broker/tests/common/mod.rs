@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// A broker process started by a test. Killed (SIGKILL) on drop if still running.
 pub struct BrokerProcess {
     pub port: u16,
+    /// The admin HTTP listener's port (/metrics, /health, /ready).
+    pub admin_port: u16,
     pub data_dir: PathBuf,
     child: Option<Child>,
     extra_args: Vec<String>,
@@ -32,18 +34,19 @@ impl BrokerProcess {
         let data_dir = tmp.path().join("data");
         let mut b = BrokerProcess {
             port: free_port(),
+            admin_port: free_port(),
             data_dir,
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             log_path: tmp.path().join("broker.log"),
             _tmp: Some(tmp),
         };
-        // The port was free a moment ago; another test may take it first. The broker refuses a
-        // port in use ("cannot listen"), so pick another and retry.
+        // The ports were free a moment ago; another test may take one first. The broker refuses
+        // a port in use ("cannot listen"), so pick others and retry.
         for _ in 0..5 {
             match b.spawn() {
                 Ok(()) => return b,
-                Err(log) if log.contains("cannot listen") => b.port = free_port(),
+                Err(log) if log.contains("cannot listen") => (b.port, b.admin_port) = (free_port(), free_port()),
                 Err(log) => panic!("broker exited during start-up:\n{log}"),
             }
         }
@@ -52,6 +55,11 @@ impl BrokerProcess {
 
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The admin listener's address, e.g. for `http_get`.
+    pub fn admin(&self) -> String {
+        format!("127.0.0.1:{}", self.admin_port)
     }
 
     /// Starts the process and waits until it is ready; on early exit, returns its log.
@@ -67,6 +75,8 @@ impl BrokerProcess {
             .arg(self.bootstrap())
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--admin-listen")
+            .arg(self.admin())
             .args(&self.extra_args)
             .env("RUST_LOG", std::env::var("BROKER_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -238,4 +248,18 @@ pub fn run_python_case(broker: &BrokerProcess, script: &str, args: &[&std::ffi::
     }
     let problems = broker.problems();
     assert!(problems.is_empty(), "case `{case}`: warnings in the broker log: {problems:#?}");
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body. Enough for the broker's admin listener,
+/// which answers one request per connection and closes it.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reading the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    (status, body.to_owned())
 }
