@@ -18,4 +18,8 @@ pub const GROUP_TICK_MS: u64 = 100;
 /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
 pub const TXN_TICK_MS: u64 = 1000;
 
+/// How often a shard publishes the consumer lag of its groups: well inside the 2 minutes after
+/// which an unrefreshed gauge disappears (`metrics::GAUGE_IDLE_MAX`).
+pub const LAG_PUBLISH_MS: u64 = 5000;
+
 const _: () = assert!(GROUP_TICK_MS < 1000);

@@ -185,8 +185,9 @@ fn describe() {
 /// every partition a group has committed an offset for, each time it evaluates lag (at least
 /// once per `GAUGE_IDLE_MAX`, or the series disappears; that is also how a deleted group's
 /// series go away). `lag_offsets` is the high watermark minus the committed offset (MSK
-/// OffsetLag); `lag_seconds` is now minus the timestamp of the first record at or after the
-/// committed offset, 0 when the group has caught up (MSK EstimatedTimeLag). Not on any hot
+/// OffsetLag); `lag_seconds` is now minus the timestamp of the batch holding the committed
+/// offset, 0 when the group has caught up (MSK EstimatedTimeLag; see
+/// `groups::Coordinator::publish_lag`). Not on any hot
 /// path: labels are allocated per call.
 pub fn record_consumer_lag(group: &str, topic: &str, partition: i32, lag_offsets: u64, lag_seconds: f64) {
     let labels = [

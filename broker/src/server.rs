@@ -162,6 +162,14 @@ pub async fn run_shard(
             async {}
         })
     };
+    // Consumer lag of the groups this shard coordinates, for /metrics.
+    let lag = config.metrics_enabled.then(|| {
+        let (coordinator, router) = (coordinator.clone(), ctx.router.clone());
+        every(Duration::from_millis(crate::constants::LAG_PUBLISH_MS), stop.clone(), move || {
+            let (coordinator, router) = (coordinator.clone(), router.clone());
+            async move { coordinator.publish_lag(&router, crate::handlers::now_ms()).await }
+        })
+    });
     // Transaction timeouts, and transactions a failure (or a restart) left half-ended.
     let txn_timers = {
         let txns = txns.clone();
@@ -219,6 +227,9 @@ pub async fn run_shard(
     let _ = group_timers.await;
     let _ = compaction.await;
     let _ = txn_timers.await;
+    if let Some(lag) = lag {
+        let _ = lag.await;
+    }
     if let Some(sampler) = sampler {
         sampler.await;
     }

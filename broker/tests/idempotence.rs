@@ -36,7 +36,6 @@ const WAIT_MAX: Duration = Duration::from_secs(120);
 /// Kafka error codes the tests expect.
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
-const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const INVALID_REQUEST: i16 = 42;
 
 /// One batch of `count` records from producer `pid` at `epoch`, sequences from `seq`.
@@ -109,8 +108,10 @@ fn raw_batches_get_kafkas_answers_and_duplicates_are_found_after_restart_and_kil
     assert!(ids.insert(bumped.producer_id.0), "a fresh id, not a reused one");
     assert_eq!(init_producer_id(&mut c, 4, None, 5, -1).error_code, INVALID_REQUEST);
     assert_eq!(init_producer_id(&mut c, 4, Some(""), -1, -1).error_code, INVALID_REQUEST);
+    // A transactional id goes to the transaction coordinator: a fresh id at epoch 0 the first time.
     let txn = init_producer_id(&mut c, 4, Some("txn"), -1, -1);
-    assert_eq!((txn.error_code, txn.producer_id.0), (COORDINATOR_NOT_AVAILABLE, -1));
+    assert_eq!((txn.error_code, txn.producer_epoch), (0, 0));
+    assert!(ids.insert(txn.producer_id.0), "a fresh id for the transactional id");
 
     let pid = init_producer_id(&mut c, 4, None, -1, -1).producer_id.0;
     assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 0, 3)), (0, 0));

@@ -222,10 +222,9 @@ fn kcat_every_compression_codec() {
     let b = broker.bootstrap();
     // librdkafka enables lz4 only for brokers that advertise FindCoordinator (its proxy for
     // Kafka >= 0.8.2, rdkafka_feature.c) and otherwise sends lz4 batches uncompressed, logging
-    // "Broker does not support compression type lz4". Until consumer groups bring
-    // FindCoordinator, kcat -z lz4 must store plain batches; after, lz4 ones.
-    let lz4 = if advertises(&b, ApiKey::FindCoordinator) { 3 } else { 0 };
-    for (codec, id) in [("gzip", 1), ("snappy", 2), ("lz4", lz4), ("zstd", 4)] {
+    // "Broker does not support compression type lz4".
+    assert!(advertises(&b, ApiKey::FindCoordinator), "FindCoordinator is advertised");
+    for (codec, id) in [("gzip", 1), ("snappy", 2), ("lz4", 3), ("zstd", 4)] {
         let topic = format!("kcat-{codec}");
         // Keys spread over both partitions; repetitive values, so compression pays and
         // librdkafka keeps it (it sends a batch plain when compressing does not shrink it).
@@ -320,9 +319,12 @@ fn kcat_metadata_lists_partitions_and_the_broker() {
         .collect();
     let mut topics = describe(&all);
     topics.sort_by(|a, b| a.0.cmp(&b.0));
-    // The internal committed-offsets topic is listed too, as Kafka lists it.
-    let internal = topics.remove(0);
-    assert_eq!((internal.0.as_str(), internal.1.len()), ("__consumer_offsets", 16));
+    // The internal topics are listed too, as Kafka lists them.
+    let internal: Vec<(String, usize)> = topics.drain(..2).map(|(name, partitions)| (name, partitions.len())).collect();
+    assert_eq!(
+        internal,
+        vec![("__consumer_offsets".to_owned(), 16), ("__transaction_state".to_owned(), 16)]
+    );
     assert_eq!(
         topics,
         vec![

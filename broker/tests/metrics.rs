@@ -360,3 +360,83 @@ fn ready_answers_503_while_partitions_recover_and_200_once_every_shard_serves() 
     // Ready means the Kafka listener takes clients.
     assert!(std::net::TcpStream::connect(broker.bootstrap()).is_ok());
 }
+
+/// The lag of `group` on partition 0 of `topic` as /metrics reports it, once it equals
+/// `offsets` (the shard publishes every few seconds): (offset lag, time lag in seconds).
+fn wait_for_lag(broker: &BrokerProcess, group: &str, topic: &str, offsets: f64) -> (f64, f64) {
+    let labels = [
+        format!("group=\"{group}\""),
+        format!("topic=\"{topic}\""),
+        "partition=\"0\"".to_owned(),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let m = parse(&scrape(broker));
+        let lag = sum(&m, "kafka_consumergroup_lag_offsets", &labels);
+        let published = m
+            .keys()
+            .any(|k| k.starts_with("kafka_consumergroup_lag_offsets{") && labels.iter().all(|l| k.contains(l)));
+        if published && lag == offsets {
+            return (lag, sum(&m, "kafka_consumergroup_lag_seconds", &labels));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag of {group} never reached {offsets}: last {lag} (published: {published})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A real consumer group: its lag rises while the consumer stops reading (records keep
+/// arriving), and falls to zero once it has caught up and committed.
+#[test]
+fn consumer_lag_rises_while_the_group_is_paused_and_falls_to_zero_once_it_catches_up() {
+    let broker = BrokerProcess::start(&["--group-initial-rebalance-delay-ms", "0"]);
+    let (topic, group) = ("lagging", "lag-group");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("producer");
+    let produce = |n: usize| {
+        for i in 0..n {
+            producer
+                .send(BaseRecord::<(), _>::to(topic).partition(0).payload(&format!("record-{i}")))
+                .expect("queued");
+        }
+        producer.flush(WAIT_MAX).expect("delivered");
+    };
+    produce(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let consume = |n: usize| {
+        let mut got = 0;
+        let deadline = Instant::now() + WAIT_MAX;
+        while got < n {
+            assert!(Instant::now() < deadline, "{got} of {n} records");
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                m.expect("consumer error");
+                got += 1;
+            }
+        }
+        consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync).expect("commit");
+    };
+    consume(10);
+    assert_eq!(wait_for_lag(&broker, group, topic, 0.0), (0.0, 0.0), "caught up");
+
+    // Paused: the group reads nothing while 25 more records arrive.
+    produce(25);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_, seconds) = wait_for_lag(&broker, group, topic, 25.0);
+    assert!(seconds >= 1.0, "the oldest unread record is over a second old: {seconds}");
+
+    // Caught up again.
+    consume(25);
+    assert_eq!(wait_for_lag(&broker, group, topic, 0.0), (0.0, 0.0), "caught up again");
+}

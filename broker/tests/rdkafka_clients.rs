@@ -1021,12 +1021,17 @@ fn the_admin_client_creates_topics_with_partitions_and_configs() {
         vec![Ok("dry-run".to_owned())]
     );
 
-    // Metadata shows what was created, and only that (besides the internal offsets topic).
+    // Metadata shows what was created, and only that (besides the internal topics).
     let metadata = admin.inner().fetch_metadata(None, WAIT_MAX).expect("Metadata for all topics");
     let topics: BTreeMap<&str, usize> = metadata.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
     assert_eq!(
         topics,
-        BTreeMap::from([("__consumer_offsets", 16), ("configured", 7), ("plain", 1)])
+        BTreeMap::from([
+            ("__consumer_offsets", 16),
+            ("__transaction_state", 16),
+            ("configured", 7),
+            ("plain", 1)
+        ])
     );
 
     // The configs took effect: 1.5 MiB fits under this topic's limit, not under the default.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use shard::{Partitions, ShardId};
+use shard::{Op, OpResult, Partitions, Router, ShardId, TopicPartition};
 
 use crate::constants::GROUPS_PER_SHARD_MAX;
 use crate::internal;
@@ -505,19 +505,64 @@ impl Coordinator {
         groups.retain(|_, g| !(g.state() == GroupState::Empty && g.is_disposable()));
     }
 
-    /// Committed offsets of every group here, for lag: group -> (topic, partition) -> offset.
-    pub fn committed(&self) -> BTreeMap<String, Vec<(String, i32, i64)>> {
-        self.groups
+    /// Publishes the consumer lag of this shard's groups that are Stable or Empty (as MSK
+    /// reports it) for every partition they committed an offset for: the high watermark minus
+    /// the committed offset, and how old the batch holding the committed offset is (its base
+    /// timestamp, or its append time under LogAppendTime), 0 once caught up. One mesh message
+    /// per owner shard: a one-batch read at the committed offset gives both.
+    pub async fn publish_lag(&self, router: &Router, now_ms: i64) {
+        let committed: Vec<(String, String, i32, i64)> = self
+            .groups
             .borrow()
-            .iter()
-            .map(|(id, g)| {
-                (
-                    id.clone(),
-                    g.offsets.iter().map(|((t, p), (c, _))| (t.clone(), *p, c.offset)).collect(),
-                )
-            })
-            .collect()
+            .values()
+            .filter(|g| matches!(g.state(), GroupState::Stable | GroupState::Empty))
+            .flat_map(|g| g.offsets.iter().map(|((t, p), (c, _))| (g.id.clone(), t.clone(), *p, c.offset)))
+            .collect();
+        let snapshot = self.meta.snapshot();
+        let mut by_owner: BTreeMap<ShardId, (Vec<Op>, Vec<usize>)> = BTreeMap::new();
+        for (i, (_, topic, partition, offset)) in committed.iter().enumerate() {
+            let tp = TopicPartition::new(topic.clone(), *partition);
+            let Some(owner) = MetaStore::owner(&snapshot, &tp) else {
+                continue;
+            };
+            let entry = by_owner.entry(owner).or_default();
+            entry.0.push(Op::Read {
+                tp,
+                offset: (*offset).max(0) as u64,
+                max_bytes: 1,
+            });
+            entry.1.push(i);
+        }
+        let calls = by_owner
+            .into_iter()
+            .map(|(owner, (ops, idx))| async move { (router.call(owner, ops).await, idx) });
+        for (answer, idx) in futures::future::join_all(calls).await {
+            let Ok(results) = answer else { continue };
+            for (result, i) in results.into_iter().zip(idx) {
+                // A committed offset outside the log (deleted records, a reset) has no lag to report.
+                let OpResult::Read(Ok((data, offsets))) = result else { continue };
+                let (group, topic, partition, offset) = &committed[i];
+                let lag_offsets = offsets.durable_end.saturating_sub((*offset).max(0) as u64);
+                let lag_seconds = match data {
+                    Some(data) if lag_offsets > 0 => batch_age_seconds(&data.contiguous(), now_ms),
+                    _ => 0.0,
+                };
+                crate::metrics::record_consumer_lag(group, topic, *partition, lag_offsets, lag_seconds);
+            }
+        }
     }
+}
+
+/// Seconds since the first batch in `bytes` was written: its base timestamp, or under
+/// LogAppendTime (attribute bit 3) its max timestamp, which is then the append time.
+fn batch_age_seconds(bytes: &[u8], now_ms: i64) -> f64 {
+    if bytes.len() < 43 {
+        return 0.0;
+    }
+    let attributes = i16::from_be_bytes([bytes[21], bytes[22]]);
+    let at = if attributes & 0x08 != 0 { 35 } else { 27 };
+    let timestamp = i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    (now_ms.saturating_sub(timestamp)).max(0) as f64 / 1000.0
 }
 
 fn error_join(e: ResponseError, member_id: &str) -> JoinAnswer {

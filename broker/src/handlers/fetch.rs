@@ -133,9 +133,11 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                     Ok(results) => results
                         .into_iter()
                         .map(|r| match r {
-                            OpResult::Read(Ok((d, offsets))) => {
-                                Ok((d.map(|d| (Records::Shared(d.chunks), d.next_offset - d.first_offset)), offsets, Vec::new()))
-                            }
+                            OpResult::Read(Ok((d, offsets))) => Ok((
+                                d.map(|d| (Records::Shared(d.chunks), d.next_offset - d.first_offset)),
+                                offsets,
+                                Vec::new(),
+                            )),
                             OpResult::ReadCommitted(Ok(r)) => Ok((
                                 r.data.map(|d| (Records::Shared(d.chunks), d.next_offset - d.first_offset)),
                                 r.offsets,
@@ -229,7 +231,14 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
 /// What one partition's read gave: its records (if any) with the number of offsets they span
 /// (for metrics), the log's offsets, and (for read_committed) the aborted transactions
 /// overlapping the records.
-type ReadOutcome = Result<(Option<(Records, u64)>, iouring_storage::LogOffsets, Vec<iouring_storage::AbortedTxn>), shard::Error>;
+type ReadOutcome = Result<
+    (
+        Option<(Records, u64)>,
+        iouring_storage::LogOffsets,
+        Vec<iouring_storage::AbortedTxn>,
+    ),
+    shard::Error,
+>;
 
 /// Reads a partition this shard owns: from the shard's batch cache when it holds the data
 /// (shared, no disk I/O), else keeping the O_DIRECT read buffer for the response.
