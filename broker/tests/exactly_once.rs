@@ -248,3 +248,71 @@ fn a_new_instance_fences_the_old_and_a_timed_out_transaction_is_aborted() {
     assert!(fence_me.producer_epoch >= 2, "fenced twice over: epoch {}", fence_me.producer_epoch);
     assert_eq!(described.transaction_states[1].error_code, 105, "TRANSACTIONAL_ID_NOT_FOUND");
 }
+
+/// Compaction and transactions: a value written by an aborted transaction never counts as its
+/// key's latest, so compaction keeps the committed value it would otherwise have hidden (and
+/// removes the aborted records).
+#[test]
+fn compaction_keeps_committed_values_over_aborted_ones() {
+    let broker = BrokerProcess::start(&["--compaction-check-interval-ms", "200"]);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new("compacted-txn", 1, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "65536")
+        .set("min.cleanable.dirty.ratio", "0.01");
+    for r in futures::executor::block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create") {
+        r.expect("created");
+    }
+    let producer = transactional_producer(&broker, "compacting", "60000");
+    let keyed = |key: &str, value: &str| {
+        producer
+            .send(BaseRecord::to("compacted-txn").partition(0).key(key).payload(value))
+            .expect("queued");
+    };
+    producer.begin_transaction().expect("begin");
+    keyed("k", "committed");
+    producer.commit_transaction(WAIT_MAX).expect("commit");
+    producer.begin_transaction().expect("begin");
+    keyed("k", "aborted");
+    producer.flush(WAIT_MAX).expect("flushed");
+    producer.abort_transaction(WAIT_MAX).expect("abort");
+    // Filler with keys of its own rolls the segments, so the above is sealed and cleanable.
+    // (In transactions of 50: a batch must fit in one 64 KiB segment.)
+    for chunk in 0..4 {
+        producer.begin_transaction().expect("begin");
+        for i in chunk * 50..(chunk + 1) * 50 {
+            keyed(&format!("filler-{i}"), &"f".repeat(800));
+        }
+        producer.commit_transaction(WAIT_MAX).expect("commit");
+    }
+
+    let deadline = Instant::now() + WAIT_MAX;
+    while !broker.log().contains("bytes_before") {
+        assert!(Instant::now() < deadline, "compaction never ran on compacted-txn");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "compacted-reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("compacted-txn", 0, Offset::Beginning).expect("offset");
+    reader.assign(&tpl).expect("assign");
+    let mut values = BTreeMap::new();
+    let deadline = Instant::now() + WAIT_MAX;
+    while values.len() < 201 {
+        assert!(Instant::now() < deadline, "read {} keys", values.len());
+        if let Some(m) = reader.poll(Duration::from_millis(100)) {
+            let m = m.expect("consumer error");
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            values.insert(key, String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(values.get("k").map(String::as_str), Some("committed"));
+}

@@ -13,8 +13,9 @@
 //!    for the next pass). Keys are 128-bit hashes, as Kafka's cleaner keeps 128-bit MD5s.
 //! 3. Rewrite every sealed segment below the map's end, oldest first: a keyed record goes if
 //!    the map holds a later offset for its key; a tombstone goes once its batch's max timestamp
-//!    is older than delete.retention.ms. Keyless records and control batches stay. A segment
-//!    that would lose nothing is left alone.
+//!    is older than delete.retention.ms; a batch of an aborted transaction goes whole (and never
+//!    enters the map). Keyless records and control batches stay. A segment that would lose
+//!    nothing is left alone. Only segments below the last stable offset are cleaned.
 //!
 //! Oldest first matters: a tombstone is only dropped in the same pass that drops the older
 //! values of its key, which lie in earlier segments and are rewritten before it.
@@ -106,7 +107,24 @@ pub(crate) async fn compact_partition(
     first_dirty: u64,
     now_ms: i64,
 ) -> Result<PassStats> {
-    let sealed = log.sealed_segments();
+    // Only segments wholly below the last stable offset: an open transaction's records may
+    // still abort (Kafka cleans up to the first unstable offset too).
+    let last_stable = log.offsets().last_stable;
+    let sealed: Vec<SegmentInfo> = log
+        .sealed_segments()
+        .into_iter()
+        .take_while(|s| s.next_offset <= last_stable)
+        .collect();
+    // Records of aborted transactions go whole and never count as a key's latest value, as in
+    // Kafka's cleaner: otherwise an aborted write could outlive the committed one it hid.
+    let aborted = log.aborted_transactions(0, u64::MAX);
+    let is_aborted = |h: &BatchHeader| {
+        h.is_transactional()
+            && !h.is_control()
+            && aborted
+                .iter()
+                .any(|a| a.producer_id == h.producer_id && (a.first_offset..=a.last_offset).contains(&(h.base_offset as u64)))
+    };
     let mut stats = PassStats {
         clean_end: first_dirty,
         ..PassStats::default()
@@ -128,6 +146,10 @@ pub(crate) async fn compact_partition(
             }
             if latest.len() >= COMPACTION_KEYS_MAX {
                 full = true;
+                return Ok(());
+            }
+            if is_aborted(h) {
+                map_end = h.last_offset() as u64 + 1;
                 return Ok(());
             }
             compactor
@@ -156,6 +178,9 @@ pub(crate) async fn compact_partition(
         // First pass: does anything go? Only then is the segment rewritten.
         let mut any = false;
         for_each_batch(tp, log, seg, seg.base_offset, |batch, h| {
+            if !any && is_aborted(h) {
+                any = true;
+            }
             if !any {
                 compactor
                     .records(batch, &mut |r| any |= goes(&r, h.max_timestamp))
@@ -173,6 +198,9 @@ pub(crate) async fn compact_partition(
         while let Some(from) = next {
             let mut keep: Vec<Vec<u8>> = Vec::new();
             next = read_chunk(tp, log, seg, from, |batch, h| {
+                if is_aborted(h) {
+                    return Ok(());
+                }
                 let mut dropped = Vec::new();
                 compactor
                     .records(batch, &mut |r| {
