@@ -52,6 +52,18 @@ where
     }
 }
 
+/// Runs `work` on the shard owning `key`'s partition of internal `topic` (the coordinator of
+/// that group or transactional id).
+pub async fn on_owner<R, F, Fut>(broker: &Broker, topic: &str, key: &str, work: F) -> Result<R, ResponseError>
+where
+    R: Send + 'static,
+    F: FnOnce(Rc<ShardServices>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+{
+    let shard = owner(broker, topic, key)?;
+    on_shard(&broker.router, shard, work).await
+}
+
 /// Kafka's `Utils.abs(key.hashCode()) % partitions`, with Java's String hash over UTF-16.
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     let mut h: i32 = 0;

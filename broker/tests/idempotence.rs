@@ -14,16 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use common::BrokerProcess;
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataResponse, ProduceRequest, ProduceResponse, ProducerId, TransactionalId,
-};
+use kafka_protocol::messages::{ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataResponse, ProducerId, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use raw_client::{metadata_request, topic, Conn};
+use raw_client::{metadata_request, produce, producer_batch, topic, Conn};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
@@ -37,47 +31,6 @@ const WAIT_MAX: Duration = Duration::from_secs(120);
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_REQUEST: i16 = 42;
-
-/// One batch of `count` records from producer `pid` at `epoch`, sequences from `seq`.
-fn idempotent_batch(pid: i64, epoch: i16, seq: i32, count: i32) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: seq + i,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("seq {}", seq + i))),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
-    buf.freeze()
-}
-
-/// Produces one batch with acks=all; returns (error code, base offset).
-fn produce(c: &mut Conn, name: &str, batch: Bytes) -> (i16, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default().with_name(topic(name)).with_partition_data(vec![
-            PartitionProduceData::default().with_index(0).with_records(Some(batch)),
-        ])]);
-    let response: ProduceResponse = c.call(ApiKey::Produce, 9, &request);
-    let p = &response.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
 
 fn init_producer_id(c: &mut Conn, version: i16, txn: Option<&str>, pid: i64, epoch: i16) -> InitProducerIdResponse {
     let request = InitProducerIdRequest::default()
@@ -114,43 +67,53 @@ fn raw_batches_get_kafkas_answers_and_duplicates_are_found_after_restart_and_kil
     assert!(ids.insert(txn.producer_id.0), "a fresh id for the transactional id");
 
     let pid = init_producer_id(&mut c, 4, None, -1, -1).producer_id.0;
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 0, 3)), (0, 0));
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 3, 2)), (0, 3));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 0, 0, 3, false, false)), (0, 0));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 0, 3, 2, false, false)), (0, 3));
     // Retries of either batch: the original offsets, nothing appended.
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 0, 3)), (0, 0));
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 3, 2)), (0, 3));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 0, 0, 3, false, false)), (0, 0));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 0, 3, 2, false, false)), (0, 3));
     // A gap.
     assert_eq!(
-        produce(&mut c, "idem", idempotent_batch(pid, 0, 9, 1)).0,
+        produce(&mut c, "idem", producer_batch(pid, 0, 9, 1, false, false)).0,
         OUT_OF_ORDER_SEQUENCE_NUMBER
     );
     // A new epoch starts at 0 and fences the old one.
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 1, 0, 1)), (0, 5));
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 5, 1)).0, INVALID_PRODUCER_EPOCH);
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 1, 1, 1)), (0, 6));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 1, 0, 1, false, false)), (0, 5));
+    assert_eq!(
+        produce(&mut c, "idem", producer_batch(pid, 0, 5, 1, false, false)).0,
+        INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 1, 1, 1, false, false)), (0, 6));
     drop(c);
 
     b.stop();
     b.restart();
     let mut c = Conn::open(&b);
     assert_eq!(
-        produce(&mut c, "idem", idempotent_batch(pid, 1, 1, 1)),
+        produce(&mut c, "idem", producer_batch(pid, 1, 1, 1, false, false)),
         (0, 6),
         "after a clean restart"
     );
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 0, 5, 1)).0, INVALID_PRODUCER_EPOCH);
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 1, 2, 1)), (0, 7));
+    assert_eq!(
+        produce(&mut c, "idem", producer_batch(pid, 0, 5, 1, false, false)).0,
+        INVALID_PRODUCER_EPOCH
+    );
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 1, 2, 1, false, false)), (0, 7));
     drop(c);
 
     b.kill();
     b.restart();
     let mut c = Conn::open(&b);
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 1, 2, 1)), (0, 7), "after kill -9");
     assert_eq!(
-        produce(&mut c, "idem", idempotent_batch(pid, 1, 4, 1)).0,
+        produce(&mut c, "idem", producer_batch(pid, 1, 2, 1, false, false)),
+        (0, 7),
+        "after kill -9"
+    );
+    assert_eq!(
+        produce(&mut c, "idem", producer_batch(pid, 1, 4, 1, false, false)).0,
         OUT_OF_ORDER_SEQUENCE_NUMBER
     );
-    assert_eq!(produce(&mut c, "idem", idempotent_batch(pid, 1, 3, 1)), (0, 8));
+    assert_eq!(produce(&mut c, "idem", producer_batch(pid, 1, 3, 1, false, false)), (0, 8));
     // Producer ids are never reused after a restart either.
     let after = init_producer_id(&mut c, 4, None, -1, -1).producer_id.0;
     assert!(!ids.contains(&after) && after != pid);

@@ -7,61 +7,14 @@
 mod common;
 mod raw_client;
 
-use bytes::{Bytes, BytesMut};
 use common::BrokerProcess;
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use raw_client::{batch, metadata_request, topic, Conn};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataResponse};
+use raw_client::{batch, metadata_request, produce, producer_batch, topic, Conn};
 
 const INVALID_PRODUCER_EPOCH: i16 = 47;
 const INVALID_RECORD: i16 = 87;
-
-/// One batch of `count` records from producer `pid` at `epoch`, sequences from `seq`, with
-/// the transactional (and, for `control`, control) attribute.
-fn txn_batch(pid: i64, epoch: i16, seq: i32, count: i32, control: bool) -> Bytes {
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: true,
-            control,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: pid,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: seq + i,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(format!("txn {}", seq + i))),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
-    buf.freeze()
-}
-
-fn produce(c: &mut Conn, batch: Bytes) -> (i16, i64) {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default().with_name(topic("txn")).with_partition_data(vec![
-            PartitionProduceData::default().with_index(0).with_records(Some(batch)),
-        ])]);
-    let response: ProduceResponse = c.call(ApiKey::Produce, 9, &request);
-    let p = &response.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
 
 /// A Fetch v11 of partition 0 from `offset`: (high watermark, last stable offset, base and
 /// last offset of each batch returned, aborted transactions listed or None).
@@ -136,15 +89,18 @@ fn an_open_transaction_holds_read_committed_fetches_at_the_last_stable_offset() 
     let created: MetadataResponse = c.call(ApiKey::Metadata, 12, &metadata_request("txn"));
     assert_eq!(created.topics[0].error_code, 0);
 
-    assert_eq!(produce(&mut c, batch(&[b"plain"], 1_700_000_000_000)), (0, 0));
-    assert_eq!(produce(&mut c, txn_batch(4242, 0, 0, 2, false)), (0, 1));
-    assert_eq!(produce(&mut c, batch(&[b"after"], 1_700_000_000_000)), (0, 3));
+    assert_eq!(produce(&mut c, "txn", batch(&[b"plain"], 1_700_000_000_000)), (0, 0));
+    assert_eq!(produce(&mut c, "txn", producer_batch(4242, 0, 0, 2, true, false)), (0, 1));
+    assert_eq!(produce(&mut c, "txn", batch(&[b"after"], 1_700_000_000_000)), (0, 3));
     assert_open_transaction_holds_the_last_stable_offset(&mut c);
 
     // Clients never write control batches; an older epoch of a transactional producer is
     // fenced. Neither appends anything.
-    assert_eq!(produce(&mut c, txn_batch(4243, 0, 0, 1, true)).0, INVALID_RECORD);
-    assert_eq!(produce(&mut c, txn_batch(4242, -1, 2, 1, false)).0, INVALID_PRODUCER_EPOCH);
+    assert_eq!(produce(&mut c, "txn", producer_batch(4243, 0, 0, 1, true, true)).0, INVALID_RECORD);
+    assert_eq!(
+        produce(&mut c, "txn", producer_batch(4242, -1, 2, 1, true, false)).0,
+        INVALID_PRODUCER_EPOCH
+    );
     assert_open_transaction_holds_the_last_stable_offset(&mut c);
     drop(c);
 

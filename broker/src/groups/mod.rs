@@ -77,8 +77,7 @@ where
     F: FnOnce(Rc<Coordinator>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
-    let shard = coordinator_shard(broker, group_id)?;
-    internal::on_shard(&broker.router, shard, move |services| work(services.groups.clone())).await
+    internal::on_owner(broker, OFFSETS_TOPIC, group_id, move |services| work(services.groups.clone())).await
 }
 
 /// What DescribeGroups shows of a group.

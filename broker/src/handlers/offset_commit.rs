@@ -12,65 +12,37 @@ use crate::server::Broker;
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
     let req: OffsetCommitRequest = decode_body(body, request.version)?;
-    let group_id = req.group_id.0.to_string();
-    let now = now_ms();
-    let meta = broker.meta.snapshot();
-    // Per partition of the request: an error found here, or the index of its commit.
-    let mut slots: Vec<Vec<Result<usize, i16>>> = Vec::with_capacity(req.topics.len());
-    let mut commits = Vec::new();
-    for t in &req.topics {
-        let topic = meta.topics.get(t.name.0.as_str());
-        slots.push(
-            t.partitions
+    let asked = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
                 .iter()
-                .map(|p| match topic {
-                    Some(topic) if p.partition_index >= 0 && p.partition_index < topic.partitions() => {
-                        commits.push((
-                            t.name.0.to_string(),
-                            p.partition_index,
-                            Committed {
-                                offset: p.committed_offset,
-                                leader_epoch: p.committed_leader_epoch,
-                                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
-                                commit_timestamp_ms: now,
-                            },
-                        ));
-                        Ok(commits.len() - 1)
-                    }
-                    _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+                .map(|p| {
+                    let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+                    (p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata)
                 })
-                .collect(),
-        );
-    }
-    let codes = if commits.is_empty() {
-        Vec::new()
-    } else {
-        let member = (
-            req.member_id.to_string(),
-            req.group_instance_id.as_ref().map(|i| i.to_string()),
-            req.generation_id_or_member_epoch,
-        );
-        let (id, n) = (group_id.clone(), commits.len());
-        crate::groups::on_coordinator(broker, &group_id, move |c| async move {
-            c.commit(&id, member, commits, None, now).await
+                .collect();
+            (t.name.0.to_string(), partitions)
         })
-        .await
-        .unwrap_or_else(|e| vec![e.code(); n])
-    };
+        .collect();
+    let member = (
+        req.member_id.to_string(),
+        req.group_instance_id.as_ref().map(|i| i.to_string()),
+        req.generation_id_or_member_epoch,
+    );
+    let codes = commit_all(broker, req.group_id.0.to_string(), member, None, asked).await;
     let topics = req
         .topics
         .into_iter()
-        .zip(slots)
-        .map(|(t, slots)| {
+        .zip(codes)
+        .map(|(t, codes)| {
             OffsetCommitResponseTopic::default().with_name(t.name).with_partitions(
                 t.partitions
                     .iter()
-                    .zip(slots)
-                    .map(|(p, slot)| {
-                        let code = match slot {
-                            Ok(i) => codes[i],
-                            Err(code) => code,
-                        };
+                    .zip(codes)
+                    .map(|(p, code)| {
                         OffsetCommitResponsePartition::default()
                             .with_partition_index(p.partition_index)
                             .with_error_code(code)
@@ -82,6 +54,71 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
     Ok(Some(ResponseKind::OffsetCommit(
         OffsetCommitResponse::default().with_topics(topics),
     )))
+}
+
+/// One partition's commit as a request carries it: (partition, offset, leader epoch, metadata).
+pub(super) type AskedCommit = (i32, i64, i32, Option<String>);
+
+/// OffsetCommit and TxnOffsetCommit alike: the partitions that exist are committed on the
+/// group's coordinator (as producer `txn`'s pending offsets when given), the others get
+/// UNKNOWN_TOPIC_OR_PARTITION. Returns the error code of each asked partition, in order.
+pub(super) async fn commit_all(
+    broker: &Broker,
+    group_id: String,
+    member: (String, Option<String>, i32),
+    txn: Option<i64>,
+    asked: Vec<(String, Vec<AskedCommit>)>,
+) -> Vec<Vec<i16>> {
+    let now = now_ms();
+    let meta = broker.meta.snapshot();
+    // Per partition of the request: an error found here, or the index of its commit.
+    let mut slots: Vec<Vec<Result<usize, i16>>> = Vec::with_capacity(asked.len());
+    let mut commits = Vec::new();
+    for (name, partitions) in asked {
+        let topic = meta.topics.get(name.as_str());
+        slots.push(
+            partitions
+                .into_iter()
+                .map(|(partition, offset, leader_epoch, metadata)| match topic {
+                    Some(topic) if (0..topic.partitions()).contains(&partition) => {
+                        let committed = Committed {
+                            offset,
+                            leader_epoch,
+                            metadata: metadata.unwrap_or_default(),
+                            commit_timestamp_ms: now,
+                        };
+                        commits.push((name.clone(), partition, committed));
+                        Ok(commits.len() - 1)
+                    }
+                    _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+                })
+                .collect(),
+        );
+    }
+    let codes = if commits.is_empty() {
+        Vec::new()
+    } else {
+        let (id, n) = (group_id.clone(), commits.len());
+        crate::groups::on_coordinator(
+            broker,
+            &group_id,
+            move |c| async move { c.commit(&id, member, commits, txn, now).await },
+        )
+        .await
+        .unwrap_or_else(|e| vec![e.code(); n])
+    };
+    slots
+        .into_iter()
+        .map(|slots| {
+            slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Ok(i) => codes[i],
+                    Err(code) => code,
+                })
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,76 +3,49 @@
 //! complete_txn`), visible if it commits.
 
 use bytes::Bytes;
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
 use kafka_protocol::messages::{ResponseKind, TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 
-use super::{decode_body, now_ms, Request};
-use crate::groups::offsets::Committed;
+use super::offset_commit::commit_all;
+use super::{decode_body, Request};
 use crate::server::Broker;
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
     let req: TxnOffsetCommitRequest = decode_body(body, request.version)?;
-    let group_id = req.group_id.0.to_string();
-    let now = now_ms();
-    let meta = broker.meta.snapshot();
-    let mut commits = Vec::new();
-    let mut slots: Vec<Vec<Result<usize, i16>>> = Vec::new();
-    for t in &req.topics {
-        let topic = meta.topics.get(t.name.0.as_str());
-        slots.push(
-            t.partitions
+    let asked = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
                 .iter()
-                .map(|p| match topic {
-                    Some(topic) if (0..topic.partitions()).contains(&p.partition_index) => {
-                        commits.push((
-                            t.name.0.to_string(),
-                            p.partition_index,
-                            Committed {
-                                offset: p.committed_offset,
-                                leader_epoch: p.committed_leader_epoch,
-                                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
-                                commit_timestamp_ms: now,
-                            },
-                        ));
-                        Ok(commits.len() - 1)
-                    }
-                    _ => Err(ResponseError::UnknownTopicOrPartition.code()),
+                .map(|p| {
+                    let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+                    (p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata)
                 })
-                .collect(),
-        );
-    }
-    let codes = if commits.is_empty() {
-        Vec::new()
-    } else {
-        let member = (
-            req.member_id.to_string(),
-            req.group_instance_id.as_ref().map(|i| i.to_string()),
-            req.generation_id,
-        );
-        let (id, n, pid) = (group_id.clone(), commits.len(), req.producer_id.0);
-        crate::groups::on_coordinator(broker, &group_id, move |c| async move {
-            c.commit(&id, member, commits, Some(pid), now).await
+                .collect();
+            (t.name.0.to_string(), partitions)
         })
-        .await
-        .unwrap_or_else(|e| vec![e.code(); n])
-    };
+        .collect();
+    let member = (
+        req.member_id.to_string(),
+        req.group_instance_id.as_ref().map(|i| i.to_string()),
+        req.generation_id,
+    );
+    let codes = commit_all(broker, req.group_id.0.to_string(), member, Some(req.producer_id.0), asked).await;
     let topics = req
         .topics
         .into_iter()
-        .zip(slots)
-        .map(|(t, slots)| {
+        .zip(codes)
+        .map(|(t, codes)| {
             TxnOffsetCommitResponseTopic::default().with_name(t.name).with_partitions(
                 t.partitions
                     .iter()
-                    .zip(slots)
-                    .map(|(p, slot)| {
+                    .zip(codes)
+                    .map(|(p, code)| {
                         TxnOffsetCommitResponsePartition::default()
                             .with_partition_index(p.partition_index)
-                            .with_error_code(match slot {
-                                Ok(i) => codes[i],
-                                Err(code) => code,
-                            })
+                            .with_error_code(code)
                     })
                     .collect(),
             )

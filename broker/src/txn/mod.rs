@@ -69,8 +69,7 @@ where
     F: FnOnce(Rc<TxnCoordinator>) -> Fut + Send + 'static,
     Fut: Future<Output = R> + 'static,
 {
-    let shard = coordinator_shard(broker, transactional_id)?;
-    internal::on_shard(&broker.router, shard, move |services| work(services.txns.clone())).await
+    internal::on_owner(broker, TXN_TOPIC, transactional_id, move |services| work(services.txns.clone())).await
 }
 
 /// What DescribeTransactions and ListTransactions show of one transactional id.
