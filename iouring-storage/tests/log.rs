@@ -2,46 +2,16 @@
 //! retention, timestamps, truncation, and one test per crash scenario, each made by damaging
 //! the files the way a crash or a bad disk would and reopening.
 
+mod common;
+
+use common::{run, run_in_dir, small_config};
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use iouring_storage::testing::build_batch;
 use iouring_storage::{stamp, validate, BatchHeader, CountCheck, Error, LogConfig, PartitionLog};
-
-/// Runs an async test body on a fresh glommio executor and surfaces its panics.
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .expect("spawn executor")
-        .join()
-        .expect("executor ran");
-}
-
-/// Runs an async test body on a fresh glommio executor with a fresh directory, removed after.
-fn run_in_dir<F, Fut>(f: F)
-where
-    F: FnOnce(PathBuf) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    run(move || f(path));
-}
-
-fn small_config(dir: &Path) -> LogConfig {
-    let mut c = LogConfig::new(dir);
-    c.segment_bytes = 64 * 1024;
-    c.write_buffer_bytes = 64 * 1024;
-    c.preallocate_step_bytes = 64 * 1024;
-    c.index_interval_bytes = 1024;
-    c.batch_bytes_max = 32 * 1024;
-    c
-}
 
 /// The batch the `i`-th test append sends: sizes vary so batches straddle blocks and buffers.
 fn nth_batch(i: u64) -> Vec<u8> {

@@ -2,34 +2,12 @@
 //! their original offsets, gaps and old epochs refused, and all of it after a clean reopen, a
 //! crash, lost or damaged snapshots, truncation and retention.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{run_in_dir, small_config, snapshots};
 
 use iouring_storage::testing::build_batch;
-use iouring_storage::{compute_crc, Error, LogConfig, PartitionLog, ProducerError};
-
-fn run_in_dir<F, Fut>(f: F)
-where
-    F: FnOnce(PathBuf) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || f(path))
-        .expect("spawn executor")
-        .join()
-        .expect("executor ran");
-}
-
-fn small_config(dir: &Path) -> LogConfig {
-    let mut c = LogConfig::new(dir);
-    c.segment_bytes = 64 * 1024;
-    c.write_buffer_bytes = 64 * 1024;
-    c.preallocate_step_bytes = 64 * 1024;
-    c.batch_bytes_max = 32 * 1024;
-    c
-}
+use iouring_storage::{compute_crc, Error, PartitionLog, ProducerError};
 
 /// A batch of `records` records from producer `pid` at `epoch` starting at sequence `seq`.
 fn idem_batch(pid: i64, epoch: i16, seq: i32, records: i32) -> Vec<u8> {
@@ -80,16 +58,6 @@ async fn assert_last_five_are_duplicates(log: &PartitionLog, written: &[(i64, i3
         ));
     }
     assert_eq!(log.offsets().log_end, end, "duplicates append nothing");
-}
-
-fn snapshots(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

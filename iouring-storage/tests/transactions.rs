@@ -3,34 +3,12 @@
 //! readers, fencing by epoch, and all of it after a reopen, a crash, damaged snapshots,
 //! truncation and retention.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{run_in_dir, small_config, snapshots};
 
 use iouring_storage::testing::build_batch;
-use iouring_storage::{compute_crc, AbortedTxn, BatchError, Error, LogConfig, Marker, PartitionLog, ProducerError};
-
-fn run_in_dir<F, Fut>(f: F)
-where
-    F: FnOnce(PathBuf) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_owned();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || f(path))
-        .expect("spawn executor")
-        .join()
-        .expect("executor ran");
-}
-
-fn small_config(dir: &Path) -> LogConfig {
-    let mut c = LogConfig::new(dir);
-    c.segment_bytes = 64 * 1024;
-    c.write_buffer_bytes = 64 * 1024;
-    c.preallocate_step_bytes = 64 * 1024;
-    c.batch_bytes_max = 32 * 1024;
-    c
-}
+use iouring_storage::{compute_crc, AbortedTxn, BatchError, Error, Marker, PartitionLog, ProducerError};
 
 /// A batch of `records` records from producer `pid` at `epoch`, sequence `seq`, with the given
 /// attributes.
@@ -210,16 +188,6 @@ async fn history(log: &PartitionLog) -> (Vec<AbortedTxn>, u64, u64) {
     }
     assert!(log.stats().segments > 4, "the history spans several segments");
     (expected, open.unwrap(), overlapping.unwrap())
-}
-
-fn snapshots(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
-        .collect();
-    v.sort();
-    v
 }
 
 async fn assert_state(log: &PartitionLog, expected: &[AbortedTxn], open: u64) {
