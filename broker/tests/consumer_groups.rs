@@ -413,3 +413,80 @@ fn run_case(broker: &BrokerProcess, case: &str) {
     let args = [std::ffi::OsStr::new(&bootstrap), std::ffi::OsStr::new(case)];
     common::run_python_case(broker, SCRIPT, &args, case, WAIT_MAX);
 }
+
+/// Counts every rebalance event (partitions assigned or revoked) a consumer sees.
+struct Rebalances(Arc<AtomicUsize>);
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn static_member(broker: &BrokerProcess, topic: &str, instance: &str, events: Arc<AtomicUsize>) -> BaseConsumer<Rebalances> {
+    let consumer: BaseConsumer<Rebalances> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "static-group")
+        .set("group.instance.id", instance)
+        .set("session.timeout.ms", "30000")
+        .set("heartbeat.interval.ms", "500")
+        .set("enable.auto.commit", "false")
+        .create_with_context(Rebalances(events))
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Polls `consumers` for `time`, serving their group protocol.
+fn serve(consumers: &[&BaseConsumer<Rebalances>], time: Duration) {
+    let until = Instant::now() + time;
+    while Instant::now() < until {
+        for c in consumers {
+            let _ = c.poll(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Static membership (KIP-345): a member that restarts with the same group.instance.id within
+/// its session timeout takes its place back without a rebalance, so the other member keeps
+/// its partitions undisturbed.
+#[test]
+fn a_static_member_restarts_without_disturbing_the_other() {
+    let broker = start_broker();
+    create_topic(&broker, "static-topic", 4);
+    let (a_events, b_events) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a = static_member(&broker, "static-topic", "instance-a", a_events.clone());
+    let b = static_member(&broker, "static-topic", "instance-b", b_events.clone());
+    let deadline = Instant::now() + WAIT_MAX;
+    while a.assignment().map_or(0, |t| t.count()) + b.assignment().map_or(0, |t| t.count()) != 4
+        || a.assignment().map_or(0, |t| t.count()) == 0
+        || b.assignment().map_or(0, |t| t.count()) == 0
+    {
+        assert!(Instant::now() < deadline, "the two static members never split the 4 partitions");
+        serve(&[&a, &b], Duration::from_millis(100));
+    }
+    // Let the group settle, then note what b has seen so far.
+    serve(&[&a, &b], Duration::from_secs(2));
+    let b_before = b_events.load(Ordering::Relaxed);
+    let b_assignment = b.assignment().expect("assignment");
+
+    // a goes away without leaving (a static member does not send LeaveGroup) and comes back.
+    drop(a);
+    let a = static_member(&broker, "static-topic", "instance-a", Arc::new(AtomicUsize::new(0)));
+    let deadline = Instant::now() + WAIT_MAX;
+    while a.assignment().map_or(0, |t| t.count()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted static member never got its partitions back"
+        );
+        serve(&[&a, &b], Duration::from_millis(100));
+    }
+    serve(&[&a, &b], Duration::from_secs(2));
+    assert_eq!(b_events.load(Ordering::Relaxed), b_before, "the other member saw no rebalance");
+    assert_eq!(b.assignment().expect("assignment"), b_assignment);
+    assert_eq!(a.assignment().expect("assignment").count() + b_assignment.count(), 4);
+}
