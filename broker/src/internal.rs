@@ -64,6 +64,12 @@ where
     on_shard(&broker.router, shard, work).await
 }
 
+/// Whether `topic` is one of the broker's internal topics: listed as internal, written only by
+/// its coordinator, never deleted.
+pub fn is_internal(topic: &str) -> bool {
+    topic == crate::groups::OFFSETS_TOPIC || topic == crate::txn::TXN_TOPIC
+}
+
 /// Kafka's `Utils.abs(key.hashCode()) % partitions`, with Java's String hash over UTF-16.
 pub fn partition_for(key: &str, partitions: i32) -> i32 {
     let mut h: i32 = 0;

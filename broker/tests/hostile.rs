@@ -624,3 +624,32 @@ fn idle_and_stalled_connections_are_closed_after_the_idle_limit() {
     assert_serves(&mut b);
     assert_no_panic_or_error(&b);
 }
+
+/// The internal topics are the coordinators' alone: Metadata lists them as internal, a
+/// client's produce to them gets INVALID_TOPIC_EXCEPTION and DeleteTopics INVALID_REQUEST,
+/// as Kafka answers.
+#[test]
+fn clients_cannot_write_or_delete_the_internal_topics() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, MetadataRequest, MetadataResponse};
+    let mut b = BrokerProcess::start(&[]);
+    let mut c = Conn::open(&b);
+    let all: MetadataResponse = c.call(ApiKey::Metadata, 12, &MetadataRequest::default().with_topics(None));
+    let internal: Vec<String> = all
+        .topics
+        .iter()
+        .filter(|t| t.is_internal)
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    assert_eq!(internal, vec!["__consumer_offsets".to_owned(), "__transaction_state".to_owned()]);
+    for name in &internal {
+        let forged = batch(&[b"forged"], 1_700_000_000_000);
+        assert_eq!(raw_client::produce(&mut c, name, forged).0, 17, "produce to {name}");
+        let request = DeleteTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![DeleteTopicState::default().with_name(Some(topic(name)))]);
+        let response: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, 6, &request);
+        assert_eq!(response.responses[0].error_code, 42, "delete {name}");
+    }
+    assert_serves(&mut b);
+}

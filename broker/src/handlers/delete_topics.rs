@@ -87,7 +87,7 @@ async fn delete(broker: &Broker, target: Target) -> Result<TopicMeta, Refusal> {
                     None => return Err((ResponseError::UnknownTopicId, format!("no topic has id {id}"))),
                 },
             };
-            if name == crate::groups::OFFSETS_TOPIC {
+            if crate::internal::is_internal(&name) {
                 return Err((ResponseError::InvalidRequest, format!("`{name}` is internal and cannot be deleted")));
             }
             m.topics

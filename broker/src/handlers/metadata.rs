@@ -127,7 +127,7 @@ fn describe(t: &TopicMeta, node: BrokerId, version: i16, topic_ops: i32) -> Meta
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(if version >= 10 { t.uuid() } else { Default::default() })
-        .with_is_internal(t.name == crate::groups::OFFSETS_TOPIC)
+        .with_is_internal(crate::internal::is_internal(&t.name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(topic_ops)
 }

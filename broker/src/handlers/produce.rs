@@ -61,8 +61,8 @@ pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> any
                 partitions.push(answer.with_error_code(missing.code()));
                 continue;
             };
-            if topic.name == crate::groups::OFFSETS_TOPIC {
-                // Only the group coordinator writes committed offsets (Kafka answers the same).
+            if crate::internal::is_internal(&topic.name) {
+                // Only their coordinators write the internal topics (Kafka answers the same).
                 partitions.push(answer.with_error_code(ResponseError::InvalidTopicException.code()));
                 continue;
             }
