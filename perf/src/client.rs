@@ -1,10 +1,10 @@
 //! A minimal Kafka client over blocking sockets: framing, and the few admin calls a run needs
-//! (Metadata to find leaders, CreateTopics, ListOffsets). Produce and Fetch are driven by
+//! (Metadata to find leaders, CreateTopics, ListOffsets, DeleteTopics). Produce and Fetch are driven by
 //! `run`, which pipelines them.
 //!
 //! Versions are fixed and old enough for any Kafka 2.4+ compatible broker (flexible versions,
 //! topic names rather than ids): Produce v9, Fetch v11, Metadata v9, CreateTopics v5,
-//! ListOffsets v5.
+//! ListOffsets v5, DeleteTopics v4.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -12,12 +12,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, CreateTopicsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    ApiKey, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -29,6 +29,7 @@ pub const FETCH_VERSION: i16 = 11;
 pub const METADATA_VERSION: i16 = 9;
 pub const CREATE_TOPICS_VERSION: i16 = 5;
 pub const LIST_OFFSETS_VERSION: i16 = 5;
+pub const DELETE_TOPICS_VERSION: i16 = 4;
 
 /// Kafka's "topic already exists" error code.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -127,6 +128,7 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::Metadata => "Metadata",
         ApiKey::CreateTopics => "CreateTopics",
         ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::DeleteTopics => "DeleteTopics",
         _ => "request",
     }
 }
@@ -229,8 +231,9 @@ fn cluster_of(response: &MetadataResponse, topics: &[String]) -> Result<Cluster>
     Ok(cluster)
 }
 
-/// Creates the topics (replication factor: the broker's default), tolerating "already exists".
-pub fn create_topics(conn: &mut Conn, topics: &[String], partitions: u32) -> Result<()> {
+/// Creates the topics with `configs` (replication factor: the broker's default), tolerating
+/// "already exists".
+pub fn create_topics(conn: &mut Conn, topics: &[String], partitions: u32, configs: &BTreeMap<String, String>) -> Result<()> {
     let request = CreateTopicsRequest::default().with_timeout_ms(30_000).with_topics(
         topics
             .iter()
@@ -239,6 +242,16 @@ pub fn create_topics(conn: &mut Conn, topics: &[String], partitions: u32) -> Res
                     .with_name(topic_name(t))
                     .with_num_partitions(partitions as i32)
                     .with_replication_factor(-1)
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_string(k.clone()))
+                                    .with_value(Some(StrBytes::from_string(v.clone())))
+                            })
+                            .collect(),
+                    )
             })
             .collect(),
     );
@@ -252,6 +265,24 @@ pub fn create_topics(conn: &mut Conn, topics: &[String], partitions: u32) -> Res
                     t.name.0,
                     t.error_message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()
                 ),
+                code: t.error_code,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the topics, so that a long benchmark does not fill the disk.
+pub fn delete_topics(conn: &mut Conn, topics: &[String]) -> Result<()> {
+    let request = DeleteTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topic_names(topics.iter().map(|t| topic_name(t)).collect());
+    let response: DeleteTopicsResponse = conn.call(ApiKey::DeleteTopics, DELETE_TOPICS_VERSION, &request)?;
+    for t in &response.responses {
+        if t.error_code != 0 {
+            return Err(Error::Broker {
+                api: "DeleteTopics",
+                resource: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
                 code: t.error_code,
             });
         }

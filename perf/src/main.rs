@@ -31,6 +31,9 @@ struct Args {
     /// Writes the report as JSON to this file ("-" for stdout, which then holds only JSON).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Deletes the run's topics when it ends.
+    #[arg(long)]
+    delete_topics: bool,
     /// No progress line.
     #[arg(long)]
     quiet: bool,
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         bootstrap: args.bootstrap.clone(),
         progress: !args.quiet,
         rate: args.rate,
+        delete_topics: args.delete_topics,
     };
     let report = perf::run(&w, &opts).with_context(|| format!("running {} against {}", w.name, args.bootstrap))?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -50,6 +50,8 @@ pub struct RunOptions {
     /// Messages per second over all producers, replacing the workload's `producer_rate`
     /// (required when the workload gives `rate_of_max`). 0 means maximum rate.
     pub rate: Option<u64>,
+    /// Delete the run's topics at the end (as OMB does), so that runs do not fill the disk.
+    pub delete_topics: bool,
 }
 
 /// State the threads share with the ticking main thread.
@@ -101,7 +103,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
     let suffix = format!("{:06x}", (wall_ns() / 1000) & 0xff_ffff);
     let topics: Vec<String> = (0..w.topics).map(|i| format!("{}-{suffix}-{i}", w.name)).collect();
     let mut admin = Conn::open(&opts.bootstrap)?;
-    client::create_topics(&mut admin, &topics, w.partitions_per_topic)?;
+    client::create_topics(&mut admin, &topics, w.partitions_per_topic, &w.topic_config)?;
     let cluster = client::wait_for_leaders(&mut admin, &topics)?;
     drop(admin);
 
@@ -218,6 +220,10 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
             ticker.finish(&shared, true)
         }
     };
+    if opts.delete_topics {
+        let mut admin = Conn::open(&opts.bootstrap)?;
+        client::delete_topics(&mut admin, &topics)?;
+    }
     let first_error = shared.first_error.lock().expect("no thread panicked holding it").clone();
     let producer_ns = shared.producer_ns.load(Ordering::Acquire).max(1);
     Ok(Report {
@@ -349,14 +355,13 @@ impl Ticker {
             let now = Instant::now();
             let interval = shared.take();
             let secs = now.duration_since(last).as_secs_f64().max(1e-9);
-            let measuring = now > measure_from;
+            // An interval counts when it began after the warm-up: ticks fall on whole seconds
+            // from the start, and so does the end of the warm-up.
+            let measuring = last >= measure_from;
             if measuring {
-                if cpu_at_window.is_none() {
-                    cpu_at_window = Some(cpu_s());
-                }
                 self.total.add(&interval);
                 self.window.add(&interval);
-                self.measured_s = now.duration_since(measure_from).as_secs_f64();
+                self.measured_s += secs;
                 self.series.push(Point {
                     t_s: self.measured_s,
                     publish_msg_per_s: interval.published_messages as f64 / secs,
@@ -391,6 +396,9 @@ impl Ticker {
                 };
             }
             last = now;
+            if last >= measure_from && cpu_at_window.is_none() {
+                cpu_at_window = Some(cpu_s());
+            }
             if finished || now >= end {
                 break;
             }

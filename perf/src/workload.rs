@@ -22,10 +22,15 @@
 //! max_in_flight = 5            # requests in flight per connection
 //! warmup_s = 5
 //! duration_s = 20
+//!
+//! [topic_config]               # optional: configs of the created topics
+//! "retention.bytes" = "268435456"
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default), and every error
 //! names the key.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +123,9 @@ pub struct Workload {
     #[serde(default)]
     pub warmup_s: u64,
     pub duration_s: u64,
+    /// Configs given to CreateTopics (e.g. retention for long runs), as Kafka names them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_config: BTreeMap<String, String>,
 }
 
 impl Workload {
@@ -299,6 +307,9 @@ compression = "zstd"
 max_in_flight = 1
 warmup_s = 1
 duration_s = 2
+
+[topic_config]
+"retention.bytes" = "1048576"
 "#;
         let w = Workload::parse(text, "x").unwrap();
         assert_eq!(w.mode, Mode::Produce);
@@ -306,6 +317,7 @@ duration_s = 2
         assert_eq!(w.compression, Compression::Zstd);
         assert_eq!(w.acks_code(), 1);
         assert_eq!(w.producer_rate, 5000);
+        assert_eq!(w.topic_config["retention.bytes"], "1048576");
     }
 
     #[test]

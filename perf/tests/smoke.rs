@@ -114,6 +114,7 @@ fn run(b: &Broker, w: &Workload, rate: Option<u64>) -> Report {
         bootstrap: b.addr.clone(),
         progress: false,
         rate,
+        delete_topics: true,
     };
     perf::run(w, &opts).unwrap_or_else(|e| panic!("{}: {e}\n{}", w.name, std::fs::read_to_string(&b.log).unwrap_or_default()))
 }
@@ -182,7 +183,7 @@ fn the_cli_writes_json() {
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_perf"))
         .arg(&file)
-        .args(["--bootstrap", &b.addr, "--rate", "500", "--json", "-", "--quiet"])
+        .args(["--bootstrap", &b.addr, "--rate", "500", "--json", "-", "--quiet", "--delete-topics"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
