@@ -3,9 +3,10 @@
 //!
 //! `bench-harness run [workload.toml ...]` builds the release `broker` and `perf` binaries
 //! (`cargo build --release -p broker -p perf`, unless `--no-build`), measures the limits in a
-//! fresh data directory on the disk the broker will use, starts the broker there on a free
-//! port, runs every workload (`--reps` times, interleaved, quoting medians) with perf, and
-//! optionally their produce side through librdkafka (`--rdkafka`). A workload with
+//! fresh data directory on the disk the broker will use, then runs every workload (`--reps`
+//! times, interleaved, quoting medians) with perf, and optionally its produce side through
+//! librdkafka (`--rdkafka`), each run against a broker of its own started on a free port and a
+//! fresh data directory there (and stopped, and its directory removed, after the run). A workload with
 //! `rate_of_max` runs at that fraction of the median maximum measured so far by max-rate
 //! workloads with the same message size. `--soak-minutes` adds a long fixed-rate run to show
 //! whether the broker's resident memory stays flat.
@@ -186,16 +187,46 @@ fn run(a: RunArgs) -> Result<()> {
         limits.disk_append_mb_per_s, limits.fdatasync_us_p50, limits.fdatasync_us_p99, limits.tcp_loopback_mb_per_s, limits.memcpy_mb_per_s
     );
 
-    let broker = Broker::start(&broker_bin, &data.path().join("broker"), &out.join("broker.log"))?;
-    eprintln!("broker {} (pid {}) on {}", broker_bin.display(), broker.pid(), broker.addr);
+    std::fs::create_dir_all(out.join("logs"))?;
+    // Every run gets a broker of its own on a fresh data directory: no run inherits another's
+    // segments, cache or memory, and no run depends on topic deletion working under load.
+    let with_broker = |label: &str, f: &mut dyn FnMut(&Broker) -> Result<Run>| -> Result<Run> {
+        let dir = data.path().join(label);
+        let log = out.join("logs").join(format!("{label}.log"));
+        let broker = Broker::start(&broker_bin, &dir, &log)?;
+        eprintln!(
+            "broker {} (pid {}) on {}, log {}",
+            broker_bin.display(),
+            broker.pid(),
+            broker.addr,
+            log.display()
+        );
+        let result = f(&broker);
+        // A failed run's own error first: a broker that crashed mid-run also fails to stop,
+        // and that second error must not hide the first.
+        let stopped = broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        match (result, stopped) {
+            (Ok(mut run), Ok(samples)) => {
+                run.broker_samples = samples;
+                Ok(run)
+            }
+            (Err(e), Err(stop)) => Err(e.context(format!("{label}: the broker also failed to stop: {stop:#}; log {}", log.display()))),
+            (Err(e), Ok(_)) => Err(e.context(format!("{label}; broker log {}", log.display()))),
+            (Ok(_), Err(stop)) => Err(stop.context(format!("{label}; broker log {}", log.display()))),
+        }
+    };
     let mut runs: Vec<Run> = Vec::new();
     let mut rdkafka_runs = Vec::new();
-    let result = (|| -> Result<()> {
-        for rep in 0..a.reps {
-            for (path, info) in workloads.iter().zip(&infos) {
-                let rate = resolve_rate(info, &runs, &infos)?;
-                let run = run_perf(&perf_bin, &broker, path, info, rep, rate, &a, &out)?;
-                runs.push(run);
+    // A run that fails (a broker crash above all) is a finding: it goes into the report, and
+    // the other runs go on.
+    let mut failures: Vec<String> = Vec::new();
+    for rep in 0..a.reps {
+        for (path, info) in workloads.iter().zip(&infos) {
+            let rate = resolve_rate(info, &runs, &infos)?;
+            let label = format!("{}-rep{}", info.name, rep + 1);
+            let run = with_broker(&label, &mut |broker| {
+                let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out)?;
                 if a.rdkafka {
                     let mut w = info.clone();
                     if let Some(d) = a.duration_s {
@@ -205,45 +236,60 @@ fn run(a: RunArgs) -> Result<()> {
                         w.warmup_s = d;
                     }
                     eprintln!("== {} through librdkafka (rep {})", info.name, rep + 1);
-                    let r = rdkafka_driver::run(&broker.addr, &w, rate.unwrap_or(0))?;
+                    let r = rdkafka_driver::run(&broker.addr, &w, rate.unwrap_or(0))
+                        .with_context(|| format!("{} through librdkafka", info.name))?;
                     eprintln!(
                         "   {:.0} msg/s {:.1} MB/s, publish p99 {} µs",
                         r.msg_per_s, r.mb_per_s, r.publish_us_p99
                     );
                     rdkafka_runs.push(r);
                 }
+                Ok(run)
+            });
+            match run {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    eprintln!("FAILED {label}: {e:#}");
+                    failures.push(format!("{label}: {e:#}"));
+                }
             }
         }
-        if a.soak_minutes > 0 {
-            let (path, info) = workloads
-                .iter()
-                .zip(&infos)
-                .find(|(_, i)| i.rate_of_max.is_some())
-                .context("--soak-minutes needs a workload with rate_of_max")?;
-            let rate = resolve_rate(info, &runs, &infos)?;
-            let soak = RunArgs {
-                duration_s: Some(a.soak_minutes * 60),
-                warmup_s: Some(0),
-                workloads: vec![],
-                ..a.clone_flags()
-            };
-            // Minutes at hundreds of MB/s would fill the disk: the soak's topics keep only
-            // their newest segments.
-            let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
-            let mut configs = toml::Table::new();
-            configs.insert("retention.bytes".into(), SOAK_RETENTION_BYTES.to_string().into());
-            configs.insert("segment.bytes".into(), SOAK_SEGMENT_BYTES.to_string().into());
-            table.insert("topic_config".into(), configs.into());
-            let soak_path = out.join("soak.toml");
-            std::fs::write(&soak_path, toml::to_string(&table)?)?;
-            let mut run = run_perf(&perf_bin, &broker, &soak_path, info, usize::MAX, rate, &soak, &out)?;
-            run.soak = true;
-            runs.push(run);
+    }
+    if a.soak_minutes > 0 {
+        let (path, info) = workloads
+            .iter()
+            .zip(&infos)
+            .find(|(_, i)| i.rate_of_max.is_some())
+            .context("--soak-minutes needs a workload with rate_of_max")?;
+        let rate = resolve_rate(info, &runs, &infos)?;
+        let soak = RunArgs {
+            duration_s: Some(a.soak_minutes * 60),
+            warmup_s: Some(0),
+            workloads: vec![],
+            ..a.clone_flags()
+        };
+        // Minutes at hundreds of MB/s would fill the disk: the soak's topics keep only their
+        // newest segments.
+        let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+        let mut configs = toml::Table::new();
+        configs.insert("retention.bytes".into(), SOAK_RETENTION_BYTES.to_string().into());
+        configs.insert("segment.bytes".into(), SOAK_SEGMENT_BYTES.to_string().into());
+        table.insert("topic_config".into(), configs.into());
+        let soak_path = out.join("soak.toml");
+        std::fs::write(&soak_path, toml::to_string(&table)?)?;
+        match with_broker("soak", &mut |broker| {
+            run_perf(&perf_bin, broker, &soak_path, info, usize::MAX, rate, &soak, &out)
+        }) {
+            Ok(mut run) => {
+                run.soak = true;
+                runs.push(run);
+            }
+            Err(e) => {
+                eprintln!("FAILED soak: {e:#}");
+                failures.push(format!("soak: {e:#}"));
+            }
         }
-        Ok(())
-    })();
-    let samples = broker.stop()?;
-    result?;
+    }
     drop(data);
 
     let set = RunSet {
@@ -251,7 +297,7 @@ fn run(a: RunArgs) -> Result<()> {
         limits,
         runs,
         rdkafka: rdkafka_runs,
-        broker_samples: samples,
+        failures,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         reps: a.reps,
     };
@@ -318,6 +364,7 @@ fn run_perf(
     };
     let json = out.join("runs").join(format!("{}-{label}.json", info.name));
     let mut cmd = Command::new(perf);
+    // --delete-topics: a maximum-rate run writes tens of GB; free them before the next client.
     cmd.arg(path)
         .args(["--bootstrap", &broker.addr, "--delete-topics", "--json"])
         .arg(&json);
@@ -366,6 +413,7 @@ fn run_perf(
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,
         broker_t_s: (t0, t1),
+        broker_samples: Vec::new(),
         perf: perf_report,
     })
 }

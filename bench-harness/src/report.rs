@@ -81,6 +81,8 @@ pub struct Run {
     pub broker_rss_after_bytes: u64,
     /// Start and end of the run on the broker's sample clock.
     pub broker_t_s: (f64, f64),
+    /// The run's broker, sampled every second from its start.
+    pub broker_samples: Vec<ProcSample>,
     /// perf's JSON report.
     pub perf: Value,
 }
@@ -98,7 +100,8 @@ pub struct RunSet {
     pub limits: Limits,
     pub runs: Vec<Run>,
     pub rdkafka: Vec<RdkafkaRun>,
-    pub broker_samples: Vec<ProcSample>,
+    /// Runs that failed, with the error (a broker crash, a client error).
+    pub failures: Vec<String>,
     pub command: String,
     pub reps: usize,
 }
@@ -195,6 +198,17 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(md, "| loopback TCP, one connection | {:.0} MB/s |", l.tcp_loopback_mb_per_s);
     let _ = writeln!(md, "| memcpy, 64 MiB buffers | {:.0} MB/s |\n", l.memcpy_mb_per_s);
 
+    if !set.failures.is_empty() {
+        let _ = writeln!(md, "## Failed runs\n");
+        let _ = writeln!(
+            md,
+            "These runs are missing from the figures below (each had a broker of its own):\n"
+        );
+        for f in &set.failures {
+            let _ = writeln!(md, "- `{}`", f.replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
     let names = names(&set.runs);
     let _ = writeln!(md, "## Throughput (perf)\n");
     let _ = writeln!(
@@ -315,9 +329,10 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             pass(reads == 0.0)
         );
     }
-    let rss: Vec<(f64, f64)> = set.broker_samples.iter().map(|s| (s.t_s, s.rss_bytes as f64 / 1048576.0)).collect();
+    let rss_of = |r: &Run| -> Vec<(f64, f64)> { r.broker_samples.iter().map(|s| (s.t_s, s.rss_bytes as f64 / 1048576.0)).collect() };
     if let Some(soak) = set.runs.iter().find(|r| r.soak) {
         let (t0, t1) = soak.broker_t_s;
+        let rss = rss_of(soak);
         let inside: Vec<&(f64, f64)> = rss.iter().filter(|(t, _)| *t >= t0 + 60.0 && *t <= t1).collect();
         if let (Some(first), Some(last)) = (inside.first(), inside.last()) {
             let max = inside.iter().map(|p| p.1).fold(0.0, f64::max);
@@ -338,14 +353,20 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             "| broker resident memory flat over 10 minutes | not measured in this run (`--soak-minutes 10`) | – |"
         );
     }
-    if let (Some(first), Some(last)) = (rss.first(), rss.last()) {
-        let max = rss.iter().map(|p| p.1).fold(0.0, f64::max);
-        let _ = writeln!(
-            md,
-            "\nBroker resident memory over the whole run: {:.0} MiB at start, {:.0} MiB at the end, {max:.0} MiB at most.",
-            first.1, last.1
-        );
-    }
+    let _ = writeln!(
+        md,
+        "\nBroker resident memory at the end of each run (each run has its own broker), MiB: {}.",
+        set.runs
+            .iter()
+            .map(|r| format!(
+                "{}{} {:.0}",
+                r.workload,
+                if r.soak { " (soak)" } else { "" },
+                r.broker_rss_after_bytes as f64 / 1048576.0
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     // Plots.
     let _ = writeln!(md, "\n## Plots\n");
@@ -419,19 +440,25 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         std::fs::write(out.join(format!("throughput-{n}.svg")), svg)?;
         let _ = writeln!(md, "![{n} latency](latency-{n}.svg) ![{n} throughput](throughput-{n}.svg)\n");
     }
+    let memory: Vec<Series> = set
+        .runs
+        .iter()
+        .filter(|r| r.soak || r.rep == 0)
+        .map(|r| Series {
+            name: format!("{}{}", r.workload, if r.soak { " (soak)" } else { "" }),
+            points: rss_of(r),
+        })
+        .collect();
     let svg = render(
         &Chart {
-            title: "broker resident memory".into(),
+            title: "broker resident memory, one broker per run".into(),
             x_label: "seconds since the broker started".into(),
             y_label: "MiB".into(),
             x_ticks: None,
             log_y: false,
             hlines: vec![],
         },
-        &[Series {
-            name: "RSS".into(),
-            points: rss,
-        }],
+        &memory,
     );
     std::fs::write(out.join("broker-memory.svg"), svg)?;
     let _ = writeln!(md, "![broker memory](broker-memory.svg)");
@@ -474,6 +501,7 @@ mod tests {
             broker_rss_before_bytes: 1 << 20,
             broker_rss_after_bytes: 1 << 20,
             broker_t_s: (0.0, 1.0),
+            broker_samples: vec![],
             perf: json!({"publish": {"msg_per_s": mb * 1000.0, "mb_per_s": mb}, "consume": {"mb_per_s": mb},
                          "target_rate_msg_per_s": 0, "publish_errors": 0, "perf_cpu_cores": 0.5, "producer_wait_fraction": 0.9,
                          "publish_latency": lat, "end_to_end_latency": lat,
@@ -495,7 +523,7 @@ mod tests {
                 run("fixed-rate-latency", 0, 300.0, 6000, 0),
             ],
             rdkafka: vec![],
-            broker_samples: vec![],
+            failures: vec!["keyed-rep1: broker crashed".into()],
             command: "bench-harness run".into(),
             reps: 3,
         };
@@ -513,6 +541,7 @@ mod tests {
         let r = line("without disk reads");
         assert!(r.contains("PASS"), "{r}");
         assert!(line("flat over 10 minutes").contains("not measured"));
+        assert!(line("keyed-rep1").contains("broker crashed"), "failures are reported");
         for f in [
             "report.json",
             "report.md",
