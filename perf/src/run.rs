@@ -4,11 +4,11 @@
 //! Producer: one sender thread and, per leader, one connection with a reader thread. The
 //! sender generates messages on the pacer's schedule into one open batch per partition
 //! (null keys fill one partition at a time, like Kafka's sticky partitioner; keyed messages go
-//! to `crc32c(key) % partitions`), seals a batch when it reaches `batch_bytes` or is
-//! `linger_ms` old, and sends sealed batches, at most one per partition per request, while
-//! fewer than `max_in_flight` requests are outstanding. The reader matches responses to
-//! requests in order and records publish latency for every message of a batch from its
-//! intended send time. Every value starts with that time (8 bytes, big-endian wall-clock ns);
+//! to `crc32c(key) % partitions`), seals a batch when it reaches `batch_bytes`, or when it is
+//! `linger_ms` old and its connection has a free slot, and sends sealed batches, at most one
+//! per partition per request, while fewer than `max_in_flight` requests are outstanding. The
+//! reader matches responses to requests in order and records publish latency for every message
+//! of a batch from its intended send time. Every value starts with that time (8 bytes, big-endian wall-clock ns);
 //! consumers subtract it from the time a fetch response arrived: end-to-end latency.
 //!
 //! Consumer: one thread, one connection per leader, plain fetches from positions it keeps
@@ -458,6 +458,10 @@ impl Window {
         }
     }
 
+    fn has_room(&self) -> bool {
+        *self.used.lock().expect("window lock") < self.max
+    }
+
     /// Waits until a slot is free or `timeout` passed; does not take the slot.
     fn wait_free(&self, timeout: Duration) {
         let used = self.used.lock().expect("window lock");
@@ -638,7 +642,9 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 let key = key_len.map(|l| &key_buf[..l]);
                 ob.builder.append((intended / 1_000_000) as i64, key, &[&stamp, &ctx.payload]);
                 ob.intended_ns.push(intended);
-                buffered_bytes += w.message_size + key_len.unwrap_or(0);
+                // Value bytes only, exactly what sending gives back: counting keys here leaked
+                // their bytes until generation stopped for good (keyed workloads stalled).
+                buffered_bytes += w.message_size;
                 if ob.builder.uncompressed_bytes() >= w.batch_bytes {
                     seal(&mut open, &mut sealed, &mut scratch, p)?;
                     open_list.retain(|&q| q != p);
@@ -649,11 +655,14 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 generated += 1;
             }
             progressed |= generated > 0;
-            // Linger: seal batches old enough.
+            // Linger: a batch old enough is ready, but it is sealed only when its connection
+            // can send it now; until then it keeps filling, as Kafka's and librdkafka's
+            // producers do, so a busy broker gets fewer, larger batches.
             let mut i = 0;
             while i < open_list.len() {
                 let p = open_list[i];
-                if now.saturating_sub(open[p].opened_ns) >= linger_ns {
+                let can_send = acks == 0 || links[&ctx.leaders[p]].window.has_room();
+                if now.saturating_sub(open[p].opened_ns) >= linger_ns && can_send {
                     seal(&mut open, &mut sealed, &mut scratch, p)?;
                     open_list.swap_remove(i);
                     if w.key_distributor == KeyDistributor::None && p == sticky {
@@ -700,29 +709,35 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
             )?;
             progressed = true;
         }
-        if !sealed.is_empty() && !progressed {
-            // Every slot is taken: wait for the broker.
-            let t = Instant::now();
-            let link = &links[&ctx.leaders[sealed[0].partition as usize]];
-            if let Some(r) = &link.reader {
-                if r.is_finished() {
+        if !progressed {
+            // Something ready (sealed, or lingered long enough) but no slot free: wait for the
+            // broker. Else nothing is due: sleep until the next message or linger deadline.
+            let ready = sealed.front().map(|b| b.partition as usize).or_else(|| {
+                open_list
+                    .iter()
+                    .copied()
+                    .find(|&p| now.saturating_sub(open[p].opened_ns) >= linger_ns)
+            });
+            if let Some(p) = ready {
+                let t = Instant::now();
+                let link = &links[&ctx.leaders[p]];
+                if link.reader.as_ref().is_some_and(|r| r.is_finished()) {
                     break;
                 }
-            }
-            link.window.wait_free(Duration::from_millis(1));
-            waited_ns += t.elapsed().as_nanos() as u64;
-        } else if !progressed {
-            // Nothing due: sleep until the next message or linger deadline, at most 1 ms.
-            let mut wake = now + 1_000_000;
-            if ctx.pacer.is_fixed_rate() {
-                wake = wake.min(ctx.pacer.next_intended_ns());
-            }
-            for &p in &open_list {
-                wake = wake.min(open[p].opened_ns + linger_ns);
-            }
-            let now2 = wall_ns();
-            if wake > now2 {
-                std::thread::sleep(Duration::from_nanos(wake - now2));
+                link.window.wait_free(Duration::from_millis(1));
+                waited_ns += t.elapsed().as_nanos() as u64;
+            } else {
+                let mut wake = now + 1_000_000;
+                if ctx.pacer.is_fixed_rate() {
+                    wake = wake.min(ctx.pacer.next_intended_ns());
+                }
+                for &p in &open_list {
+                    wake = wake.min(open[p].opened_ns + linger_ns);
+                }
+                let now2 = wall_ns();
+                if wake > now2 {
+                    std::thread::sleep(Duration::from_nanos(wake - now2));
+                }
             }
         }
         if last_flush.elapsed() >= Duration::from_millis(STATS_FLUSH_INTERVAL_MS) {
