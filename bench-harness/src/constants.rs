@@ -1,0 +1,61 @@
+//! Every bound of the benchmark runner, with its reason.
+
+use std::time::Duration;
+
+/// How long each raw disk measurement runs: long enough to pass the device's write cache
+/// warm-up, short enough that four measurements fit a CI run.
+pub const DISK_MEASURE: Duration = Duration::from_secs(3);
+
+/// The raw append file never grows past this, whatever the device's speed, so the baseline
+/// cannot fill a shared disk.
+pub const DISK_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
+
+/// fdatasync latency: iterations of write-then-fdatasync, at most, and for at most this long.
+pub const FSYNC_ITERATIONS_MAX: usize = 5_000;
+pub const FSYNC_MEASURE: Duration = Duration::from_secs(2);
+
+/// Bytes written before each fdatasync: one small aligned block, the floor of what a group
+/// commit writes.
+pub const FSYNC_WRITE_BYTES: usize = 4096;
+
+/// Loopback TCP bandwidth: one connection, writes of this size, for this long.
+pub const TCP_CHUNK_BYTES: usize = 1024 * 1024;
+pub const TCP_MEASURE: Duration = Duration::from_secs(2);
+
+/// memcpy bandwidth: copies between two buffers of this size (far larger than the caches).
+pub const MEMCPY_BYTES: usize = 64 * 1024 * 1024;
+pub const MEMCPY_MEASURE: Duration = Duration::from_secs(1);
+
+/// Fallback O_DIRECT alignment, only if the device's logical block size cannot be read.
+pub const ALIGNMENT_FALLBACK_BYTES: usize = 4096;
+
+/// The broker's memory and I/O counters are sampled this often.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the broker may take to start (recovery of an empty directory takes milliseconds;
+/// the rest is slack for a loaded machine).
+pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the broker may take to stop after SIGTERM (it makes everything durable first).
+pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// librdkafka's local queue (`queue.buffering.max.kbytes`): like perf's accumulator, a bound
+/// on what the client holds before the broker acknowledges it.
+pub const RDKAFKA_QUEUE_KBYTES_MAX: u32 = 16 * 1024;
+
+/// Latencies in µs up to a minute in the librdkafka driver's histogram.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// A soak run's topics keep this much per partition (`retention.bytes`), in segments of
+/// `SOAK_SEGMENT_BYTES`: 16 partitions then hold at most about 5 GiB on disk.
+pub const SOAK_RETENTION_BYTES: u64 = 256 * 1024 * 1024;
+pub const SOAK_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Targets from the issue, printed as PASS or MISS; they never fail a run.
+pub const TARGET_APPEND_RATIO_MIN: f64 = 0.70;
+pub const TARGET_PUBLISH_P99_US_MAX: u64 = 5_000;
+pub const TARGET_PUBLISH_P999_US_MAX: u64 = 20_000;
+pub const TARGET_END_TO_END_P99_US_MAX: u64 = 10_000;
+
+const _: () = assert!(FSYNC_WRITE_BYTES % 512 == 0);
+const _: () = assert!(MEMCPY_BYTES > 0 && TCP_CHUNK_BYTES > 0);

@@ -1,0 +1,419 @@
+//! `bench-harness`: runs perf workloads against the release broker, beside the machine's own
+//! limits measured in the same run, and writes a report folder (Markdown, JSON, SVG plots).
+//!
+//! `bench-harness run [workload.toml ...]` builds the release `broker` and `perf` binaries
+//! (`cargo build --release -p broker -p perf`, unless `--no-build`), measures the limits in a
+//! fresh data directory on the disk the broker will use, then runs every workload (`--reps`
+//! times, interleaved, quoting medians) with perf, and optionally its produce side through
+//! librdkafka (`--rdkafka`), each run against a broker of its own started on a free port and a
+//! fresh data directory there (and stopped, and its directory removed, after the run). A workload with
+//! `rate_of_max` runs at that fraction of the median maximum measured so far by max-rate
+//! workloads with the same message size. `--soak-minutes` adds a long fixed-rate run to show
+//! whether the broker's resident memory stays flat.
+//!
+//! `bench-harness limits` measures only the machine.
+
+mod broker;
+mod constants;
+mod limits;
+mod rdkafka_driver;
+mod report;
+mod svg;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::broker::Broker;
+use crate::constants::{SOAK_RETENTION_BYTES, SOAK_SEGMENT_BYTES};
+use crate::report::{Machine, Run, RunSet};
+use crate::workload::WorkloadInfo;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench-harness", version, about = "Benchmarks the broker against the machine's own limits")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run workloads and write a report folder.
+    Run(RunArgs),
+    /// Measure only the machine's limits.
+    Limits {
+        /// Directory on the disk to measure (default: under the target directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Workload files (default: every file in bench-harness/workloads, in name order).
+    workloads: Vec<PathBuf>,
+    /// Report folder (default: <target>/bench-reports/<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Parent of the fresh data directory; must be on a real disk, not tmpfs (default:
+    /// <target>/bench-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Repetitions of every workload; the report quotes medians.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
+    /// Overrides every workload's measured duration, in seconds.
+    #[arg(long)]
+    duration_s: Option<u64>,
+    /// Overrides every workload's warm-up, in seconds.
+    #[arg(long)]
+    warmup_s: Option<u64>,
+    /// Also run each workload's produce side through librdkafka.
+    #[arg(long)]
+    rdkafka: bool,
+    /// After the workloads, a fixed-rate run of this many minutes to watch broker memory.
+    #[arg(long, default_value_t = 0)]
+    soak_minutes: u64,
+    /// Use target/release/{broker,perf} as they are, without building.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench-harness sits in the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Cmd::Limits { data_dir } => {
+            let parent = data_dir.unwrap_or_else(|| target_dir().join("bench-data"));
+            std::fs::create_dir_all(&parent)?;
+            let dir = tempfile::Builder::new().prefix("limits-").tempdir_in(&parent)?;
+            let c = iouring_storage::LogConfig::new("");
+            let l = limits::measure(dir.path(), c.write_buffer_bytes, c.writes_in_flight_max, c.preallocate_step_bytes)?;
+            println!("{}", serde_json::to_string_pretty(&l)?);
+            Ok(())
+        }
+        Cmd::Run(a) => run(a),
+    }
+}
+
+/// Builds the release binaries unless told not to; returns (broker, perf).
+fn binaries(no_build: bool) -> Result<(PathBuf, PathBuf)> {
+    let release = target_dir().join("release");
+    let (broker, perf) = (release.join("broker"), release.join("perf"));
+    if !no_build {
+        eprintln!("building: cargo build --release -p broker -p perf");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "broker", "-p", "perf"])
+            .current_dir(workspace_root())
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release -p broker -p perf failed");
+        }
+    }
+    for b in [&broker, &perf] {
+        if !b.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p broker -p perf`, or drop --no-build",
+                b.display()
+            );
+        }
+    }
+    eprintln!("using {} and {}", broker.display(), perf.display());
+    Ok((broker, perf))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let workloads: Vec<PathBuf> = if a.workloads.is_empty() {
+        let dir = workspace_root().join("bench-harness/workloads");
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        v.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+        v.sort();
+        v
+    } else {
+        a.workloads.clone()
+    };
+    let infos: Vec<WorkloadInfo> = workloads.iter().map(|p| WorkloadInfo::load(p)).collect::<Result<_>>()?;
+    let (broker_bin, perf_bin) = binaries(a.no_build)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        target_dir().join("bench-reports").join(t.to_string())
+    });
+    std::fs::create_dir_all(out.join("runs"))?;
+    let parent = a.data_dir.clone().unwrap_or_else(|| target_dir().join("bench-data"));
+    std::fs::create_dir_all(&parent)?;
+    let data = tempfile::Builder::new().prefix("run-").tempdir_in(&parent)?;
+
+    let machine = Machine::describe(data.path());
+    let log_config = iouring_storage::LogConfig::new("");
+    let limits = limits::measure(
+        data.path(),
+        log_config.write_buffer_bytes,
+        log_config.writes_in_flight_max,
+        log_config.preallocate_step_bytes,
+    )?;
+    eprintln!(
+        "limits: disk append {:.0} MB/s, fdatasync p50 {} µs p99 {} µs, loopback TCP {:.0} MB/s, memcpy {:.0} MB/s",
+        limits.disk_append_mb_per_s, limits.fdatasync_us_p50, limits.fdatasync_us_p99, limits.tcp_loopback_mb_per_s, limits.memcpy_mb_per_s
+    );
+
+    std::fs::create_dir_all(out.join("logs"))?;
+    // Every run gets a broker of its own on a fresh data directory: no run inherits another's
+    // segments, cache or memory, and no run depends on topic deletion working under load.
+    let with_broker = |label: &str, f: &mut dyn FnMut(&Broker) -> Result<Run>| -> Result<Run> {
+        let dir = data.path().join(label);
+        let log = out.join("logs").join(format!("{label}.log"));
+        let broker = Broker::start(&broker_bin, &dir, &log)?;
+        eprintln!(
+            "broker {} (pid {}) on {}, log {}",
+            broker_bin.display(),
+            broker.pid(),
+            broker.addr,
+            log.display()
+        );
+        let result = f(&broker);
+        // A failed run's own error first: a broker that crashed mid-run also fails to stop,
+        // and that second error must not hide the first.
+        let stopped = broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        match (result, stopped) {
+            (Ok(mut run), Ok(samples)) => {
+                run.broker_samples = samples;
+                Ok(run)
+            }
+            (Err(e), Err(stop)) => Err(e.context(format!("{label}: the broker also failed to stop: {stop:#}; log {}", log.display()))),
+            (Err(e), Ok(_)) => Err(e.context(format!("{label}; broker log {}", log.display()))),
+            (Ok(_), Err(stop)) => Err(stop.context(format!("{label}; broker log {}", log.display()))),
+        }
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    let mut rdkafka_runs = Vec::new();
+    // A run that fails (a broker crash above all) is a finding: it goes into the report, and
+    // the other runs go on.
+    let mut failures: Vec<String> = Vec::new();
+    for rep in 0..a.reps {
+        for (path, info) in workloads.iter().zip(&infos) {
+            let rate = resolve_rate(info, &runs, &infos)?;
+            let label = format!("{}-rep{}", info.name, rep + 1);
+            let run = with_broker(&label, &mut |broker| {
+                let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out)?;
+                if a.rdkafka {
+                    let mut w = info.clone();
+                    if let Some(d) = a.duration_s {
+                        w.duration_s = d;
+                    }
+                    if let Some(d) = a.warmup_s {
+                        w.warmup_s = d;
+                    }
+                    eprintln!("== {} through librdkafka (rep {})", info.name, rep + 1);
+                    let r = rdkafka_driver::run(&broker.addr, &w, rate.unwrap_or(0))
+                        .with_context(|| format!("{} through librdkafka", info.name))?;
+                    eprintln!(
+                        "   {:.0} msg/s {:.1} MB/s, publish p99 {} µs",
+                        r.msg_per_s, r.mb_per_s, r.publish_us_p99
+                    );
+                    rdkafka_runs.push(r);
+                }
+                Ok(run)
+            });
+            match run {
+                Ok(run) => runs.push(run),
+                Err(e) => {
+                    eprintln!("FAILED {label}: {e:#}");
+                    failures.push(format!("{label}: {e:#}"));
+                }
+            }
+        }
+    }
+    if a.soak_minutes > 0 {
+        let (path, info) = workloads
+            .iter()
+            .zip(&infos)
+            .find(|(_, i)| i.rate_of_max.is_some())
+            .context("--soak-minutes needs a workload with rate_of_max")?;
+        let rate = resolve_rate(info, &runs, &infos)?;
+        let soak = RunArgs {
+            duration_s: Some(a.soak_minutes * 60),
+            warmup_s: Some(0),
+            workloads: vec![],
+            ..a.clone_flags()
+        };
+        // Minutes at hundreds of MB/s would fill the disk: the soak's topics keep only their
+        // newest segments.
+        let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+        let mut configs = toml::Table::new();
+        configs.insert("retention.bytes".into(), SOAK_RETENTION_BYTES.to_string().into());
+        configs.insert("segment.bytes".into(), SOAK_SEGMENT_BYTES.to_string().into());
+        table.insert("topic_config".into(), configs.into());
+        let soak_path = out.join("soak.toml");
+        std::fs::write(&soak_path, toml::to_string(&table)?)?;
+        match with_broker("soak", &mut |broker| {
+            run_perf(&perf_bin, broker, &soak_path, info, usize::MAX, rate, &soak, &out)
+        }) {
+            Ok(mut run) => {
+                run.soak = true;
+                runs.push(run);
+            }
+            Err(e) => {
+                eprintln!("FAILED soak: {e:#}");
+                failures.push(format!("soak: {e:#}"));
+            }
+        }
+    }
+    drop(data);
+
+    let set = RunSet {
+        machine,
+        limits,
+        runs,
+        rdkafka: rdkafka_runs,
+        failures,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        reps: a.reps,
+    };
+    let md = report::write(&set, &out)?;
+    println!("{md}");
+    eprintln!("report: {}", out.display());
+    Ok(())
+}
+
+impl RunArgs {
+    fn clone_flags(&self) -> RunArgs {
+        RunArgs {
+            workloads: self.workloads.clone(),
+            out: self.out.clone(),
+            data_dir: self.data_dir.clone(),
+            reps: self.reps,
+            duration_s: self.duration_s,
+            warmup_s: self.warmup_s,
+            rdkafka: self.rdkafka,
+            soak_minutes: self.soak_minutes,
+            no_build: self.no_build,
+        }
+    }
+}
+
+/// The rate of a `rate_of_max` workload: its fraction of the median publish rate of the
+/// max-rate workloads with the same message size run so far.
+fn resolve_rate(info: &WorkloadInfo, runs: &[Run], infos: &[WorkloadInfo]) -> Result<Option<u64>> {
+    let Some(f) = info.rate_of_max else { return Ok(None) };
+    let maxima: Vec<f64> = runs
+        .iter()
+        .filter(|r| {
+            infos
+                .iter()
+                .any(|i| i.name == r.workload && i.is_max_rate() && i.message_size == info.message_size)
+        })
+        .filter_map(|r| r.perf["publish"]["msg_per_s"].as_f64())
+        .collect();
+    let Some(max) = median(maxima) else {
+        bail!(
+            "workload {} asks for rate_of_max = {f}, but no max-rate workload with {} B messages ran before it",
+            info.name,
+            info.message_size
+        )
+    };
+    Ok(Some((max * f).round() as u64))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_perf(
+    perf: &Path,
+    broker: &Broker,
+    path: &Path,
+    info: &WorkloadInfo,
+    rep: usize,
+    rate: Option<u64>,
+    a: &RunArgs,
+    out: &Path,
+) -> Result<Run> {
+    let label = if rep == usize::MAX {
+        "soak".to_owned()
+    } else {
+        format!("rep{}", rep + 1)
+    };
+    let json = out.join("runs").join(format!("{}-{label}.json", info.name));
+    let mut cmd = Command::new(perf);
+    // --delete-topics: a maximum-rate run writes tens of GB; free them before the next client.
+    cmd.arg(path)
+        .args(["--bootstrap", &broker.addr, "--delete-topics", "--json"])
+        .arg(&json);
+    if let Some(r) = rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    if let Some(d) = a.duration_s {
+        cmd.args(["--duration-s", &d.to_string()]);
+    }
+    if let Some(d) = a.warmup_s {
+        cmd.args(["--warmup-s", &d.to_string()]);
+    }
+    eprintln!(
+        "== {} ({label}{})",
+        info.name,
+        rate.map(|r| format!(", {r} msg/s")).unwrap_or_default()
+    );
+    let (rss_before, _) = broker.counters();
+    let t0 = broker.elapsed_s();
+    let status = cmd.status().with_context(|| format!("running {}", perf.display()))?;
+    let t1 = broker.elapsed_s();
+    let (rss_after, _) = broker.counters();
+    if !status.success() {
+        bail!("perf failed on {} ({status}); broker log: {}", path.display(), broker.log.display());
+    }
+    // The measured window on the broker's sample clock: after perf's set-up (topic creation,
+    // about a second at most) and warm-up, until perf ended.
+    let warmup = a.warmup_s.unwrap_or(info.warmup_s) as f64;
+    let samples: Vec<_> = broker
+        .samples()
+        .into_iter()
+        .filter(|s| s.t_s >= t0 + warmup + 1.0 && s.t_s <= t1)
+        .collect();
+    let (read_bytes, cpu_cores) = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) if b.t_s > a.t_s => (b.read_bytes.saturating_sub(a.read_bytes), (b.cpu_s - a.cpu_s) / (b.t_s - a.t_s)),
+        _ => (0, 0.0),
+    };
+    let perf_report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    Ok(Run {
+        workload: info.name.clone(),
+        rep,
+        soak: false,
+        rate,
+        broker_read_bytes: read_bytes,
+        broker_cpu_cores: cpu_cores,
+        broker_rss_before_bytes: rss_before,
+        broker_rss_after_bytes: rss_after,
+        broker_t_s: (t0, t1),
+        broker_samples: Vec::new(),
+        perf: perf_report,
+    })
+}

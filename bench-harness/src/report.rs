@@ -1,0 +1,555 @@
+//! The report folder: `report.md` (what a person reads, figures beside their limits as
+//! ratios), `report.json` (everything, for machines), `runs/*.json` (perf's own reports) and
+//! SVG plots of latency by percentile, throughput over time and broker memory.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker::ProcSample;
+use crate::constants::{TARGET_APPEND_RATIO_MIN, TARGET_END_TO_END_P99_US_MAX, TARGET_PUBLISH_P999_US_MAX, TARGET_PUBLISH_P99_US_MAX};
+use crate::limits::Limits;
+use crate::rdkafka_driver::RdkafkaRun;
+use crate::svg::{nines, nines_ticks, render, Chart, Series};
+
+/// The machine, as far as the report needs to describe it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    /// Filesystem type and device of the data directory, from /proc/mounts.
+    pub filesystem: String,
+}
+
+impl Machine {
+    pub fn describe(dir: &Path) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let filesystem = mounts
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3 && dir.starts_with(f[1])).then(|| (f[1].len(), format!("{} on {} ({})", f[2], f[0], f[1])))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu,
+            memory_gib: mem_kb / 1024.0 / 1024.0,
+            kernel,
+            filesystem,
+        }
+    }
+}
+
+/// One perf run of one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub workload: String,
+    pub rep: usize,
+    pub soak: bool,
+    pub rate: Option<u64>,
+    /// Bytes the broker read from storage during the run's measured window, from the 1 s
+    /// samples (0: every fetch came from memory).
+    pub broker_read_bytes: u64,
+    /// The broker's CPU use over the measured window, in cores.
+    pub broker_cpu_cores: f64,
+    pub broker_rss_before_bytes: u64,
+    pub broker_rss_after_bytes: u64,
+    /// Start and end of the run on the broker's sample clock.
+    pub broker_t_s: (f64, f64),
+    /// The run's broker, sampled every second from its start.
+    pub broker_samples: Vec<ProcSample>,
+    /// perf's JSON report.
+    pub perf: Value,
+}
+
+impl Run {
+    fn f(&self, pointer: &str) -> Option<f64> {
+        self.perf.pointer(pointer).and_then(Value::as_f64)
+    }
+}
+
+/// Everything one `bench-harness run` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSet {
+    pub machine: Machine,
+    pub limits: Limits,
+    pub runs: Vec<Run>,
+    pub rdkafka: Vec<RdkafkaRun>,
+    /// Runs that failed, with the error (a broker crash, a client error).
+    pub failures: Vec<String>,
+    pub command: String,
+    pub reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn ms(us: Option<f64>) -> String {
+    us.map_or("–".into(), |u| format!("{:.2}", u / 1000.0))
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "**PASS**"
+    } else {
+        "**MISS**"
+    }
+}
+
+/// Workload names in first-run order.
+fn names(runs: &[Run]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in runs.iter().filter(|r| !r.soak) {
+        if !v.contains(&r.workload) {
+            v.push(r.workload.clone());
+        }
+    }
+    v
+}
+
+/// The median over the non-soak reps of `name` of the value at `pointer`.
+fn med(set: &RunSet, name: &str, pointer: &str) -> Option<f64> {
+    median(
+        set.runs
+            .iter()
+            .filter(|r| !r.soak && r.workload == name)
+            .filter_map(|r| r.f(pointer))
+            .collect(),
+    )
+}
+
+fn med_of(set: &RunSet, name: &str, f: impl Fn(&Run) -> f64) -> Option<f64> {
+    median(set.runs.iter().filter(|r| !r.soak && r.workload == name).map(f).collect())
+}
+
+/// Writes the folder; returns the Markdown.
+pub fn write(set: &RunSet, out: &Path) -> Result<String> {
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(set)?)?;
+    let l = &set.limits;
+    let m = &set.machine;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark report\n");
+    let _ = writeln!(md, "Command: `{}`\n", set.command);
+    let _ = writeln!(
+        md,
+        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; data directory on {}, O_DIRECT alignment {} B ({}).\n",
+        m.cores, m.cpu, m.memory_gib, m.kernel, m.filesystem, l.alignment_bytes, l.alignment_source
+    );
+    let _ = writeln!(
+        md,
+        "Method: the release broker on a fresh data directory, one shard per core; perf (this repository's load generator, \
+         Kafka protocol only) on the same machine, so broker and load generator share the cores. Figures are medians of {} \
+         repetition(s) per workload, each metric separately; latencies count from each message's intended send time \
+         (coordinated omission corrected at fixed rates). MB is 10^6 bytes of record values. The machine's limits below were \
+         measured in this run, on the same disk, before the broker started.\n",
+        set.reps
+    );
+    let _ = writeln!(md, "## Machine limits\n");
+    let _ = writeln!(md, "| limit | value |\n|---|---:|");
+    let _ = writeln!(
+        md,
+        "| O_DIRECT sequential append, {} KiB writes, {} in flight, preallocated as the log does | {:.0} MB/s |",
+        l.disk_write_bytes / 1024,
+        l.disk_depth,
+        l.disk_append_mb_per_s
+    );
+    let _ = writeln!(
+        md,
+        "| write {} KiB + fdatasync, p50 / p99 / p99.9 | {} / {} / {} µs |",
+        l.fdatasync_write_bytes / 1024,
+        l.fdatasync_us_p50,
+        l.fdatasync_us_p99,
+        l.fdatasync_us_p999
+    );
+    let _ = writeln!(md, "| loopback TCP, one connection | {:.0} MB/s |", l.tcp_loopback_mb_per_s);
+    let _ = writeln!(md, "| memcpy, 64 MiB buffers | {:.0} MB/s |\n", l.memcpy_mb_per_s);
+
+    if !set.failures.is_empty() {
+        let _ = writeln!(md, "## Failed runs\n");
+        let _ = writeln!(
+            md,
+            "These runs are missing from the figures below (each had a broker of its own):\n"
+        );
+        for f in &set.failures {
+            let _ = writeln!(md, "- `{}`", f.replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
+    let names = names(&set.runs);
+    let _ = writeln!(md, "## Throughput (perf)\n");
+    let _ = writeln!(
+        md,
+        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | broker CPU cores | perf CPU cores | producers waiting on broker |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in &names {
+        let pub_mb = med(set, n, "/publish/mb_per_s");
+        let cons_mb = med(set, n, "/consume/mb_per_s");
+        let rate = med(set, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            rate.map_or("max".into(), |r| format!("{r:.0}")),
+            num(med(set, n, "/publish/msg_per_s"), 0),
+            num(pub_mb, 1),
+            num(pub_mb.map(|v| v / l.disk_append_mb_per_s), 2),
+            num(cons_mb, 1),
+            num(cons_mb.map(|v| v / l.tcp_loopback_mb_per_s), 3),
+            num(med(set, n, "/publish_errors"), 0),
+            num(med_of(set, n, |r| r.broker_read_bytes as f64 / 1e6), 1),
+            num(med_of(set, n, |r| r.broker_cpu_cores), 2),
+            num(med(set, n, "/perf_cpu_cores"), 2),
+            num(med(set, n, "/producer_wait_fraction").map(|f| f * 100.0), 0) + "%",
+        );
+    }
+    let _ = writeln!(md, "\n## Latency (perf), ms\n");
+    let _ = writeln!(
+        md,
+        "| workload | publish p50 | p99 | p99.9 | p99.99 | max | publish p99 / fdatasync p99 | end-to-end p50 | p99 | p99.9 | p99.99 | max |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in &names {
+        let p = |q: &str| med(set, n, &format!("/publish_latency/{q}"));
+        let e = |q: &str| med(set, n, &format!("/end_to_end_latency/{q}"));
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            ms(p("p50_us")),
+            ms(p("p99_us")),
+            ms(p("p999_us")),
+            ms(p("p9999_us")),
+            ms(p("max_us")),
+            num(p("p99_us").map(|v| v / l.fdatasync_us_p99.max(1) as f64), 1),
+            ms(e("p50_us")),
+            ms(e("p99_us")),
+            ms(e("p999_us")),
+            ms(e("p9999_us")),
+            ms(e("max_us")),
+        );
+    }
+    if !set.rdkafka.is_empty() {
+        let _ = writeln!(md, "\n## Produce through librdkafka (medians)\n");
+        let _ = writeln!(
+            md,
+            "| workload | target rate msg/s | msg/s | MB/s | / disk append | publish p50 ms | p99 | p99.9 | p99.99 | max | errors |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for n in &names {
+            let rs: Vec<&RdkafkaRun> = set.rdkafka.iter().filter(|r| &r.workload == n).collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let m = |f: &dyn Fn(&RdkafkaRun) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            let mb = m(&|r| r.mb_per_s);
+            let rate = rs[0].target_rate_msg_per_s;
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                if rate == 0 { "max".into() } else { rate.to_string() },
+                num(m(&|r| r.msg_per_s), 0),
+                num(mb, 1),
+                num(mb.map(|v| v / l.disk_append_mb_per_s), 2),
+                ms(m(&|r| r.publish_us_p50 as f64)),
+                ms(m(&|r| r.publish_us_p99 as f64)),
+                ms(m(&|r| r.publish_us_p999 as f64)),
+                ms(m(&|r| r.publish_us_p9999 as f64)),
+                ms(m(&|r| r.publish_us_max as f64)),
+                num(m(&|r| r.errors as f64), 0),
+            );
+        }
+    }
+
+    // Targets (issue 5), for the shipped workloads when they ran.
+    let _ = writeln!(md, "\n## Targets\n");
+    let _ = writeln!(md, "| target | measured (median) | result |\n|---|---:|---|");
+    if let Some(v) = med(set, "max-throughput", "/publish/mb_per_s") {
+        let ratio = v / l.disk_append_mb_per_s;
+        let _ = writeln!(
+            md,
+            "| max-throughput publish (acks=all) at least {TARGET_APPEND_RATIO_MIN:.2} of raw O_DIRECT append | {ratio:.2} ({v:.0} of {:.0} MB/s) | {} |",
+            l.disk_append_mb_per_s,
+            pass(ratio >= TARGET_APPEND_RATIO_MIN)
+        );
+    }
+    let fr = "fixed-rate-latency";
+    let checks: [(&str, &str, u64); 3] = [
+        ("publish p99", "/publish_latency/p99_us", TARGET_PUBLISH_P99_US_MAX),
+        ("publish p99.9", "/publish_latency/p999_us", TARGET_PUBLISH_P999_US_MAX),
+        ("end-to-end p99", "/end_to_end_latency/p99_us", TARGET_END_TO_END_P99_US_MAX),
+    ];
+    for (what, pointer, max) in checks {
+        if let Some(v) = med(set, fr, pointer) {
+            let _ = writeln!(
+                md,
+                "| {fr}: {what} under {} ms | {:.2} ms | {} |",
+                max / 1000,
+                v / 1000.0,
+                pass(v < max as f64)
+            );
+        }
+    }
+    if let Some(reads) = med_of(set, fr, |r| r.broker_read_bytes as f64) {
+        let _ = writeln!(
+            md,
+            "| {fr}: tailing consumers served without disk reads (broker `read_bytes`) | {reads:.0} B | {} |",
+            pass(reads == 0.0)
+        );
+    }
+    let rss_of = |r: &Run| -> Vec<(f64, f64)> { r.broker_samples.iter().map(|s| (s.t_s, s.rss_bytes as f64 / 1048576.0)).collect() };
+    if let Some(soak) = set.runs.iter().find(|r| r.soak) {
+        let (t0, t1) = soak.broker_t_s;
+        let rss = rss_of(soak);
+        let inside: Vec<&(f64, f64)> = rss.iter().filter(|(t, _)| *t >= t0 + 60.0 && *t <= t1).collect();
+        if let (Some(first), Some(last)) = (inside.first(), inside.last()) {
+            let max = inside.iter().map(|p| p.1).fold(0.0, f64::max);
+            let growth = last.1 / first.1.max(1e-9) - 1.0;
+            let _ = writeln!(
+                md,
+                "| broker resident memory flat over a {:.0}-minute fixed-rate run (from minute 1 to the end, growth under 10%) | {:.0} → {:.0} MiB (max {max:.0}), {:+.1}% | {} |",
+                (t1 - t0) / 60.0,
+                first.1,
+                last.1,
+                growth * 100.0,
+                pass(growth < 0.10)
+            );
+        }
+    } else {
+        let _ = writeln!(
+            md,
+            "| broker resident memory flat over 10 minutes | not measured in this run (`--soak-minutes 10`) | – |"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nBroker resident memory at the end of each run (each run has its own broker), MiB: {}.",
+        set.runs
+            .iter()
+            .map(|r| format!(
+                "{}{} {:.0}",
+                r.workload,
+                if r.soak { " (soak)" } else { "" },
+                r.broker_rss_after_bytes as f64 / 1048576.0
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // Plots.
+    let _ = writeln!(md, "\n## Plots\n");
+    for n in &names {
+        let Some(r) = set.runs.iter().find(|r| !r.soak && &r.workload == n) else {
+            continue;
+        };
+        let spectrum = |key: &str| -> Vec<(f64, f64)> {
+            r.perf[key]["spectrum"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| {
+                            let q = p[0].as_f64()?;
+                            let us = p[1].as_f64()?;
+                            Some((if q >= 1.0 { 6.0 } else { nines(q) }, us / 1000.0))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut series = vec![Series {
+            name: "publish".into(),
+            points: spectrum("publish_latency"),
+        }];
+        let e2e = spectrum("end_to_end_latency");
+        if !e2e.is_empty() {
+            series.push(Series {
+                name: "end-to-end".into(),
+                points: e2e,
+            });
+        }
+        let mut hlines = vec![(l.fdatasync_us_p99 as f64 / 1000.0, "raw fdatasync p99".into())];
+        if n == fr {
+            hlines.push((TARGET_PUBLISH_P99_US_MAX as f64 / 1000.0, "publish p99 target".into()));
+        }
+        let svg = render(
+            &Chart {
+                title: format!("{n}: latency by percentile (rep 1)"),
+                x_label: "percentile".into(),
+                y_label: "latency (ms, log scale)".into(),
+                x_ticks: Some(nines_ticks()),
+                log_y: true,
+                hlines,
+            },
+            &series,
+        );
+        std::fs::write(out.join(format!("latency-{n}.svg")), svg)?;
+        let points = r.perf["series"].as_array().cloned().unwrap_or_default();
+        let line = |key: &str| -> Vec<(f64, f64)> { points.iter().filter_map(|p| Some((p["t_s"].as_f64()?, p[key].as_f64()?))).collect() };
+        let svg = render(
+            &Chart {
+                title: format!("{n}: throughput over time (rep 1)"),
+                x_label: "seconds after warm-up".into(),
+                y_label: "MB/s".into(),
+                x_ticks: None,
+                log_y: false,
+                hlines: vec![(l.disk_append_mb_per_s, "raw O_DIRECT append".into())],
+            },
+            &[
+                Series {
+                    name: "publish".into(),
+                    points: line("publish_mb_per_s"),
+                },
+                Series {
+                    name: "consume".into(),
+                    points: line("consume_mb_per_s"),
+                },
+            ],
+        );
+        std::fs::write(out.join(format!("throughput-{n}.svg")), svg)?;
+        let _ = writeln!(md, "![{n} latency](latency-{n}.svg) ![{n} throughput](throughput-{n}.svg)\n");
+    }
+    let memory: Vec<Series> = set
+        .runs
+        .iter()
+        .filter(|r| r.soak || r.rep == 0)
+        .map(|r| Series {
+            name: format!("{}{}", r.workload, if r.soak { " (soak)" } else { "" }),
+            points: rss_of(r),
+        })
+        .collect();
+    let svg = render(
+        &Chart {
+            title: "broker resident memory, one broker per run".into(),
+            x_label: "seconds since the broker started".into(),
+            y_label: "MiB".into(),
+            x_ticks: None,
+            log_y: false,
+            hlines: vec![],
+        },
+        &memory,
+    );
+    std::fs::write(out.join("broker-memory.svg"), svg)?;
+    let _ = writeln!(md, "![broker memory](broker-memory.svg)");
+    std::fs::write(out.join("report.md"), &md)?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits {
+            dir: "/d".into(),
+            alignment_bytes: 512,
+            alignment_source: "test".into(),
+            disk_write_bytes: 1 << 20,
+            disk_depth: 4,
+            disk_append_mb_per_s: 1000.0,
+            fdatasync_write_bytes: 4096,
+            fdatasync_us_p50: 400,
+            fdatasync_us_p99: 2000,
+            fdatasync_us_p999: 5000,
+            tcp_loopback_mb_per_s: 4000.0,
+            memcpy_mb_per_s: 10000.0,
+        }
+    }
+
+    fn run(workload: &str, rep: usize, mb: f64, p99_us: u64, read_bytes: u64) -> Run {
+        let lat = json!({"count": 10, "mean_us": 1.0, "p50_us": 100, "p99_us": p99_us, "p999_us": p99_us * 2,
+                         "p9999_us": p99_us * 3, "max_us": p99_us * 4, "spectrum": [[0.5, 100], [0.99, p99_us], [1.0, p99_us * 4]]});
+        Run {
+            workload: workload.into(),
+            rep,
+            soak: false,
+            rate: None,
+            broker_read_bytes: read_bytes,
+            broker_cpu_cores: 1.0,
+            broker_rss_before_bytes: 1 << 20,
+            broker_rss_after_bytes: 1 << 20,
+            broker_t_s: (0.0, 1.0),
+            broker_samples: vec![],
+            perf: json!({"publish": {"msg_per_s": mb * 1000.0, "mb_per_s": mb}, "consume": {"mb_per_s": mb},
+                         "target_rate_msg_per_s": 0, "publish_errors": 0, "perf_cpu_cores": 0.5, "producer_wait_fraction": 0.9,
+                         "publish_latency": lat, "end_to_end_latency": lat,
+                         "series": [{"t_s": 1.0, "publish_mb_per_s": mb, "consume_mb_per_s": mb}]}),
+        }
+    }
+
+    #[test]
+    fn targets_use_medians_and_say_pass_or_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = RunSet {
+            machine: Machine::describe(dir.path()),
+            limits: limits(),
+            // Medians: 750 MB/s (0.75 of the disk: PASS); publish p99 6 ms (MISS).
+            runs: vec![
+                run("max-throughput", 0, 100.0, 1000, 0),
+                run("max-throughput", 1, 750.0, 1000, 0),
+                run("max-throughput", 2, 800.0, 1000, 0),
+                run("fixed-rate-latency", 0, 300.0, 6000, 0),
+            ],
+            rdkafka: vec![],
+            failures: vec!["keyed-rep1: broker crashed".into()],
+            command: "bench-harness run".into(),
+            reps: 3,
+        };
+        let md = write(&set, dir.path()).unwrap();
+        let line = |needle: &str| {
+            md.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no `{needle}` in\n{md}"))
+                .to_owned()
+        };
+        let t = line("of raw O_DIRECT append |");
+        assert!(t.contains("0.75") && t.contains("PASS"), "{t}");
+        let p = line("publish p99 under");
+        assert!(p.contains("6.00 ms") && p.contains("MISS"), "{p}");
+        let r = line("without disk reads");
+        assert!(r.contains("PASS"), "{r}");
+        assert!(line("flat over 10 minutes").contains("not measured"));
+        assert!(line("keyed-rep1").contains("broker crashed"), "failures are reported");
+        for f in [
+            "report.json",
+            "report.md",
+            "latency-max-throughput.svg",
+            "throughput-fixed-rate-latency.svg",
+            "broker-memory.svg",
+        ] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+    }
+}

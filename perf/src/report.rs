@@ -1,0 +1,125 @@
+//! The result of a run: throughput, latency percentiles and a per-second series, as JSON for
+//! machines and a short text summary for people.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::Percentiles;
+use crate::workload::Workload;
+
+/// Messages and bytes over the measured window. MB means 10^6 bytes (of record values).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub messages: u64,
+    pub bytes: u64,
+    pub msg_per_s: f64,
+    pub mb_per_s: f64,
+}
+
+impl Throughput {
+    pub fn over(messages: u64, bytes: u64, seconds: f64) -> Throughput {
+        let s = seconds.max(1e-9);
+        Throughput {
+            messages,
+            bytes,
+            msg_per_s: messages as f64 / s,
+            mb_per_s: bytes as f64 / s / 1e6,
+        }
+    }
+}
+
+/// One second of a run (after warm-up), for throughput-over-time plots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Seconds since the measured window began, at the end of this interval.
+    pub t_s: f64,
+    pub publish_msg_per_s: f64,
+    pub publish_mb_per_s: f64,
+    pub consume_msg_per_s: f64,
+    pub consume_mb_per_s: f64,
+    pub publish_p99_us: Option<u64>,
+    pub end_to_end_p99_us: Option<u64>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub workload: Workload,
+    pub bootstrap: String,
+    pub topics: Vec<String>,
+    /// Messages per second asked of all producers together; 0 for maximum rate.
+    pub target_rate_msg_per_s: u64,
+    /// Length of the measured window (after warm-up; in consume mode, until the consumers
+    /// caught up or the duration ended).
+    pub measured_s: f64,
+    pub publish: Throughput,
+    pub consume: Throughput,
+    /// Messages the broker refused (error codes in produce responses).
+    pub publish_errors: u64,
+    /// The first produce error seen, if any.
+    pub first_error: Option<String>,
+    /// From intended send time to acknowledgement.
+    pub publish_latency: Option<Percentiles>,
+    /// From intended send time to receipt by a consumer (end-to-end mode only).
+    pub end_to_end_latency: Option<Percentiles>,
+    /// CPU time perf itself used during the measured window, in cores (1.0 = one core busy).
+    pub perf_cpu_cores: f64,
+    /// Share of the producers' time spent waiting for an in-flight slot, i.e. for the broker.
+    /// Near 1 at maximum rate means the broker, not perf, set the pace.
+    pub producer_wait_fraction: f64,
+    pub series: Vec<Point>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+impl Report {
+    /// A few lines for a terminal.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "workload {} ({:?}, {} topic(s) x {} partitions, {} B messages, acks={}, rate {})\n",
+            self.workload.name,
+            self.workload.mode,
+            self.workload.topics,
+            self.workload.partitions_per_topic,
+            self.workload.message_size,
+            self.workload.acks,
+            if self.target_rate_msg_per_s == 0 {
+                "max".to_owned()
+            } else {
+                format!("{} msg/s", self.target_rate_msg_per_s)
+            }
+        );
+        s += &format!(
+            "measured {:.1} s: publish {:.0} msg/s {:.1} MB/s, consume {:.0} msg/s {:.1} MB/s, errors {}\n",
+            self.measured_s,
+            self.publish.msg_per_s,
+            self.publish.mb_per_s,
+            self.consume.msg_per_s,
+            self.consume.mb_per_s,
+            self.publish_errors
+        );
+        for (name, p) in [("publish", &self.publish_latency), ("end-to-end", &self.end_to_end_latency)] {
+            if let Some(p) = p {
+                s += &format!(
+                    "{name} latency: p50 {} p99 {} p99.9 {} p99.99 {} max {} ({} samples)\n",
+                    ms(p.p50_us),
+                    ms(p.p99_us),
+                    ms(p.p999_us),
+                    ms(p.p9999_us),
+                    ms(p.max_us),
+                    p.count
+                );
+            }
+        }
+        s += &format!(
+            "perf used {:.2} cores; producers waited for the broker {:.0}% of the time\n",
+            self.perf_cpu_cores,
+            self.producer_wait_fraction * 100.0
+        );
+        if let Some(e) = &self.first_error {
+            s += &format!("first error: {e}\n");
+        }
+        s
+    }
+}

@@ -1,0 +1,208 @@
+//! perf against the real broker binary: each mode runs for a second or two and every message
+//! acknowledged must be consumed, with latencies recorded for each. Correctness only; timings
+//! never decide these tests.
+//!
+//! The broker binary belongs to another crate, so `CARGO_BIN_EXE_broker` is not available here
+//! (and perf must not depend on broker, not even for tests: it speaks only the Kafka protocol).
+//! The test builds it with `cargo build -p broker` in this test's profile and runs it from the
+//! same target directory; `BROKER_BIN` overrides that.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use perf::{Mode, Report, RunOptions, Workload};
+
+/// The broker binary of this target directory, built (or found up to date) first.
+fn broker_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("BROKER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/smoke-<hash>
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps").to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", "broker", "--bin", "broker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    if let Some(target) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target);
+    }
+    let status = build.status().expect("running cargo build -p broker");
+    assert!(status.success(), "cargo build -p broker failed");
+    let bin = profile_dir.join("broker");
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+struct Broker {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let bin = broker_binary();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let addr = format!("127.0.0.1:{port}");
+            let log = dir.path().join("broker.log");
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new(&bin)
+                // No admin listener: its default port would be shared by tests running at once.
+                .args(["--listen", &addr, "--admin-listen", "off", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::from(out.try_clone().unwrap()))
+                .stderr(Stdio::from(out))
+                .spawn()
+                .expect("start the broker");
+            let mut b = Broker {
+                child,
+                addr,
+                log,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let text = std::fs::read_to_string(&b.log).unwrap_or_default();
+                if b.child.try_wait().unwrap().is_some() {
+                    // Another test took the port between our probe and the broker's bind.
+                    assert!(text.contains("cannot listen"), "broker exited during start-up:\n{text}");
+                    break;
+                }
+                if text.contains("broker ready") && std::net::TcpStream::connect(&b.addr).is_ok() {
+                    return b;
+                }
+                assert!(Instant::now() < deadline, "broker not ready after 60 s:\n{text}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no free port for the broker after 5 attempts");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn workload(name: &str, mode: Mode, extra: &str) -> Workload {
+    let text = format!(
+        "name = \"{name}\"\npartitions_per_topic = 4\nmessage_size = 200\nproducers_per_topic = 2\n\
+         consumers_per_topic = 2\nmode = \"{}\"\nduration_s = 1\n{extra}",
+        match mode {
+            Mode::Produce => "produce",
+            Mode::Consume => "consume",
+            Mode::EndToEnd => "end-to-end",
+        }
+    );
+    Workload::parse(&text, name).unwrap()
+}
+
+fn run(b: &Broker, w: &Workload, rate: Option<u64>) -> Report {
+    let opts = RunOptions {
+        bootstrap: b.addr.clone(),
+        progress: false,
+        rate,
+        delete_topics: true,
+    };
+    perf::run(w, &opts).unwrap_or_else(|e| panic!("{}: {e}\n{}", w.name, std::fs::read_to_string(&b.log).unwrap_or_default()))
+}
+
+fn assert_clean(r: &Report) {
+    assert_eq!(r.publish_errors, 0, "{:?}", r.first_error);
+    assert!(r.publish.messages > 0, "{}", r.summary());
+    let publish = r.publish_latency.as_ref().expect("publish latencies");
+    assert!(publish.count >= r.publish.messages, "a latency for every acknowledged message");
+}
+
+#[test]
+fn end_to_end_at_a_fixed_rate_consumes_everything_acknowledged() {
+    let b = Broker::start();
+    let r = run(&b, &workload("smoke-e2e", Mode::EndToEnd, "linger_ms = 1\n"), Some(2000));
+    assert_clean(&r);
+    let publish = r.publish_latency.as_ref().unwrap();
+    let e2e = r.end_to_end_latency.as_ref().expect("end-to-end latencies");
+    // Every acknowledged message is consumed and measured (the drain waits for them).
+    assert_eq!(e2e.count, publish.count, "{}", r.summary());
+    // 2,000 msg/s for 1 s: the pacer sends on schedule (generous bounds for a loaded machine).
+    assert!((1000..=2100).contains(&publish.count), "{}", r.summary());
+    assert_eq!(r.target_rate_msg_per_s, 2000);
+    assert!(!r.series.is_empty());
+}
+
+#[test]
+fn keyed_compressed_max_rate_and_produce_only_runs_are_clean() {
+    let b = Broker::start();
+    for codec in ["zstd", "lz4", "gzip", "snappy"] {
+        let w = workload(
+            &format!("smoke-keyed-{codec}"),
+            Mode::EndToEnd,
+            &format!("key_distributor = \"random\"\nkey_space = 50\ncompression = \"{codec}\"\nbatch_bytes = 8192\n"),
+        );
+        let r = run(&b, &w, None);
+        assert_clean(&r);
+        let e2e = r.end_to_end_latency.as_ref().expect("end-to-end latencies");
+        assert_eq!(e2e.count, r.publish_latency.as_ref().unwrap().count, "{codec}: {}", r.summary());
+    }
+    let r = run(&b, &workload("smoke-produce", Mode::Produce, "acks = \"1\"\n"), None);
+    assert_clean(&r);
+    assert!(r.end_to_end_latency.is_none());
+    assert_eq!(r.consume.messages, 0);
+}
+
+#[test]
+fn consume_mode_reads_back_the_whole_backlog() {
+    let b = Broker::start();
+    let r = run(&b, &workload("smoke-consume", Mode::Consume, ""), Some(5000));
+    assert!(r.consume.messages > 0, "{}", r.summary());
+    // Consume mode measures reading, not publishing: the backlog is everything the fill wrote.
+    assert!(r.end_to_end_latency.is_none());
+    assert!(r.consume.messages >= 2500, "{}", r.summary());
+}
+
+#[test]
+fn the_cli_writes_json() {
+    let b = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        "name = \"smoke-cli\"\npartitions_per_topic = 2\nmessage_size = 64\nconsumers_per_topic = 1\nduration_s = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .arg(&file)
+        .args(["--bootstrap", &b.addr, "--rate", "500", "--json", "-", "--quiet", "--delete-topics"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Report = serde_json::from_slice(&out.stdout).expect("stdout is one JSON report");
+    assert_clean(&r);
+    assert_eq!(r.workload.name, "smoke-cli");
+
+    // A bad workload is refused before any connection, naming the key.
+    std::fs::write(
+        &file,
+        "name = \"x\"\npartitions_per_topic = 2\nmessage_size = 2\nconsumers_per_topic = 1\nduration_s = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .arg(&file)
+        .args(["--bootstrap", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("message_size"));
+}
