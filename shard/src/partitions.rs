@@ -581,6 +581,16 @@ mod tests {
             .expect("executor ran");
     }
 
+    /// Runs `f` with a shard's partitions in a fresh directory, every topic on `small_config`.
+    fn with_partitions<Fut: std::future::Future<Output = ()> + 'static>(f: impl FnOnce(Partitions) -> Fut + Send + 'static) {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_owned();
+        run(move || async move {
+            let provider: LogConfigProvider = Arc::new(|_: &TopicPartition| Some(small_config()));
+            f(Partitions::new(ShardId(0), data_dir, provider)).await
+        });
+    }
+
     #[test]
     fn reconfigure_delete_records_and_drop_reach_the_open_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -704,11 +714,7 @@ mod tests {
 
     #[test]
     fn markers_end_transactions_and_read_committed_stops_at_the_last_stable_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_owned();
-        run(move || async move {
-            let provider: LogConfigProvider = Arc::new(|_: &TopicPartition| Some(small_config()));
-            let parts = Partitions::new(ShardId(0), data_dir, provider);
+        with_partitions(|parts| async move {
             let tp = TopicPartition::new("t", 0);
             let plain = || Bytes::from(iouring_storage::testing::build_batch(1, 100, 0, 0));
             parts.append(&tp, plain(), 0, 0, true).await.unwrap(); // 0
@@ -786,11 +792,7 @@ mod tests {
 
     #[test]
     fn an_idempotent_retry_gets_the_original_offsets_and_is_not_cached_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_owned();
-        run(move || async move {
-            let provider: LogConfigProvider = Arc::new(|tp: &TopicPartition| (tp.topic == "t").then(small_config));
-            let parts = Partitions::new(ShardId(0), data_dir, provider);
+        with_partitions(|parts| async move {
             let tp = TopicPartition::new("t", 0);
             let idempotent = |seq: i32| {
                 let mut b = iouring_storage::testing::build_batch(2, 100, 0, 0);
@@ -825,11 +827,7 @@ mod tests {
 
     #[test]
     fn tailing_reads_come_from_the_batch_cache_byte_for_byte_as_the_log_stores_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().to_owned();
-        run(move || async move {
-            let provider: LogConfigProvider = Arc::new(|tp: &TopicPartition| (tp.topic == "t").then(small_config));
-            let parts = Partitions::new(ShardId(0), data_dir, provider);
+        with_partitions(|parts| async move {
             let tp = TopicPartition::new("t", 0);
             for i in 0..10 {
                 let mut batch = iouring_storage::testing::build_batch(3, 500, i, i);
