@@ -12,49 +12,63 @@ use crate::server::Broker;
 
 pub async fn handle(broker: &Broker, request: &Request, body: &mut Bytes) -> anyhow::Result<Option<ResponseKind>> {
     let req: OffsetCommitRequest = decode_body(body, request.version)?;
-    let asked = req
-        .topics
-        .iter()
-        .map(|t| {
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
-                    (p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata)
-                })
-                .collect();
-            (t.name.0.to_string(), partitions)
-        })
-        .collect();
-    let member = (
-        req.member_id.to_string(),
-        req.group_instance_id.as_ref().map(|i| i.to_string()),
-        req.generation_id_or_member_epoch,
-    );
-    let codes = commit_all(broker, req.group_id.0.to_string(), member, None, asked).await;
-    let topics = req
-        .topics
-        .into_iter()
-        .zip(codes)
-        .map(|(t, codes)| {
-            OffsetCommitResponseTopic::default().with_name(t.name).with_partitions(
-                t.partitions
-                    .iter()
-                    .zip(codes)
-                    .map(|(p, code)| {
-                        OffsetCommitResponsePartition::default()
-                            .with_partition_index(p.partition_index)
-                            .with_error_code(code)
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    Ok(Some(ResponseKind::OffsetCommit(
-        OffsetCommitResponse::default().with_topics(topics),
-    )))
+    let generation = req.generation_id_or_member_epoch;
+    commit_and_answer!(
+        broker,
+        req,
+        generation,
+        None,
+        OffsetCommitResponseTopic,
+        OffsetCommitResponsePartition,
+        OffsetCommitResponse,
+        OffsetCommit
+    )
 }
+
+/// OffsetCommit and TxnOffsetCommit carry the same fields in distinct generated types: this is
+/// the body of both handlers, written once. `$req` is the decoded request; `$txn` the producer
+/// id whose transaction the offsets belong to (`None` for a plain commit).
+macro_rules! commit_and_answer {
+    ($broker:expr, $req:ident, $generation:expr, $txn:expr, $topic:ident, $partition:ident, $response:ident, $kind:ident) => {{
+        let asked = $req
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+                        (p.partition_index, p.committed_offset, p.committed_leader_epoch, metadata)
+                    })
+                    .collect();
+                (t.name.0.to_string(), partitions)
+            })
+            .collect();
+        let member = (
+            $req.member_id.to_string(),
+            $req.group_instance_id.as_ref().map(|i| i.to_string()),
+            $generation,
+        );
+        let codes = super::offset_commit::commit_all($broker, $req.group_id.0.to_string(), member, $txn, asked).await;
+        let topics = $req
+            .topics
+            .into_iter()
+            .zip(codes)
+            .map(|(t, codes)| {
+                $topic::default().with_name(t.name).with_partitions(
+                    t.partitions
+                        .iter()
+                        .zip(codes)
+                        .map(|(p, code)| $partition::default().with_partition_index(p.partition_index).with_error_code(code))
+                        .collect(),
+                )
+            })
+            .collect();
+        Ok(Some(ResponseKind::$kind($response::default().with_topics(topics))))
+    }};
+}
+pub(super) use commit_and_answer;
 
 /// One partition's commit as a request carries it: (partition, offset, leader epoch, metadata).
 pub(super) type AskedCommit = (i32, i64, i32, Option<String>);
