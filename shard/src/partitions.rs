@@ -238,13 +238,7 @@ impl Partitions {
         // log's append lock alone enough: a glommio Semaphore waiter polled while the permit is
         // momentarily free takes it ahead of the waiter woken for it. (Ops run in detached
         // tasks and are never cancelled midway, which would let the next one go early.)
-        let (my_turn_done, next_waits_on) = oneshot::channel::<()>();
-        let previous = self.append_tails.borrow_mut().insert(tp.clone(), next_waits_on);
-        if let Some(previous) = previous {
-            // Resolves (as Canceled) when the previous append drops its sender.
-            let _ = previous.await;
-        }
-        let log = self.get(tp).await?;
+        let (my_turn_done, log) = self.append_turn(tp).await?;
         let storage = |source| Error::Storage {
             tp: tp.to_string(),
             source,
@@ -274,6 +268,18 @@ impl Partitions {
         Ok((info, log.offsets()))
     }
 
+    /// Takes `tp`'s place in its append order (see `append`), waits for the appends ahead of
+    /// it and opens the log. Dropping the returned sender lets the next append go.
+    async fn append_turn(&self, tp: &TopicPartition) -> Result<(oneshot::Sender<()>, PartitionLog)> {
+        let (my_turn_done, next_waits_on) = oneshot::channel::<()>();
+        let previous = self.append_tails.borrow_mut().insert(tp.clone(), next_waits_on);
+        if let Some(previous) = previous {
+            // Resolves (as Canceled) when the previous append drops its sender.
+            let _ = previous.await;
+        }
+        Ok((my_turn_done, self.get(tp).await?))
+    }
+
     /// Writes a transaction marker in the partition's append order (see `append`) and waits
     /// for it to be durable; the batch cache gets it like any appended batch.
     async fn write_txn_marker(
@@ -284,12 +290,7 @@ impl Partitions {
         marker: Marker,
         now_ms: i64,
     ) -> Result<u64> {
-        let (my_turn_done, next_waits_on) = oneshot::channel::<()>();
-        let previous = self.append_tails.borrow_mut().insert(tp.clone(), next_waits_on);
-        if let Some(previous) = previous {
-            let _ = previous.await;
-        }
-        let log = self.get(tp).await?;
+        let (my_turn_done, log) = self.append_turn(tp).await?;
         let storage = |source| Error::Storage {
             tp: tp.to_string(),
             source,

@@ -30,3 +30,14 @@ def run_case(cases, name):
         return 1
     print("ok %s in %.1f s" % (name, time.monotonic() - started))
     return 0
+
+
+def main(module):
+    """The command line of a case script: `SCRIPT BOOTSTRAP CASE`. Sets the script's
+    BOOTSTRAP, runs the case named `case_<CASE>` and returns the exit status."""
+    cases = {name[len("case_"):]: fn for name, fn in vars(module).items() if name.startswith("case_")}
+    if len(sys.argv) != 3 or sys.argv[2] not in cases:
+        sys.stderr.write("usage: %s BOOTSTRAP CASE\ncases: %s\n" % (sys.argv[0], " ".join(sorted(cases))))
+        return 2
+    module.BOOTSTRAP = sys.argv[1]
+    return run_case(cases, sys.argv[2])

@@ -41,7 +41,8 @@ ENCODERS = {"gzip": gzip_encode, "snappy": snappy_encode, "lz4": lz4_encode, "zs
 BOOTSTRAP = None
 
 
-from checks import Failure, check, check_eq, run_case
+import checks
+from checks import Failure, check, check_eq
 
 
 def create_topic(name, partitions, configs=None):
@@ -567,17 +568,5 @@ def case_restart_consume():
     consume_exact(by_partition(more, ends), start=ends)
 
 
-CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
-
-
-def main():
-    global BOOTSTRAP
-    if len(sys.argv) != 3 or sys.argv[2] not in CASES:
-        sys.stderr.write("usage: %s BOOTSTRAP CASE\ncases: %s\n" % (sys.argv[0], " ".join(sorted(CASES))))
-        return 2
-    BOOTSTRAP = sys.argv[1]
-    return run_case(CASES, sys.argv[2])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(checks.main(sys.modules[__name__]))

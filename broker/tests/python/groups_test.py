@@ -16,7 +16,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from checks import check, check_eq, run_case
+import checks
+from checks import check, check_eq
 
 # Longest a case waits for records or an assignment; a healthy broker needs a few seconds.
 WAIT_S = 40
@@ -224,17 +225,5 @@ def case_admin_groups():
     admin.close()
 
 
-CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
-
-
-def main():
-    global BOOTSTRAP
-    if len(sys.argv) != 3 or sys.argv[2] not in CASES:
-        sys.stderr.write("usage: %s BOOTSTRAP CASE\ncases: %s\n" % (sys.argv[0], " ".join(sorted(CASES))))
-        return 2
-    BOOTSTRAP = sys.argv[1]
-    return run_case(CASES, sys.argv[2])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(checks.main(sys.modules[__name__]))
