@@ -27,7 +27,7 @@ fn fetch_parts(partitions: usize, batch_bytes: usize) -> (FetchResponse, Vec<Rec
                 .collect(),
         )]);
     let records = (0..partitions)
-        .map(|_| Records::Shared(vec![data.slice(..16), data.slice(16..)]))
+        .map(|_| Records::shared(vec![data.slice(..16), data.slice(16..)]))
         .collect();
     (response, records)
 }

@@ -7,8 +7,8 @@
 //! times, interleaved, quoting medians) with perf, and optionally its produce side through
 //! librdkafka (`--rdkafka`), each run against a broker of its own started on a free port and a
 //! fresh data directory there (and stopped, and its directory removed, after the run). A workload with
-//! `rate_of_max` runs at that fraction of the median maximum measured so far by max-rate
-//! workloads with the same message size. `--soak-minutes` adds a long fixed-rate run to show
+//! `rate_of_max` runs at that fraction of the median maximum measured so far by produce-only
+//! max-rate workloads with the same message size and partition count. `--soak-minutes` adds a long fixed-rate run to show
 //! whether the broker's resident memory stays flat.
 //!
 //! `bench-harness limits` measures only the machine.
@@ -324,23 +324,20 @@ impl RunArgs {
 }
 
 /// The rate of a `rate_of_max` workload: its fraction of the median publish rate of the
-/// max-rate workloads with the same message size run so far.
+/// workloads run so far that anchor it (`WorkloadInfo::anchors`).
 fn resolve_rate(info: &WorkloadInfo, runs: &[Run], infos: &[WorkloadInfo]) -> Result<Option<u64>> {
     let Some(f) = info.rate_of_max else { return Ok(None) };
     let maxima: Vec<f64> = runs
         .iter()
-        .filter(|r| {
-            infos
-                .iter()
-                .any(|i| i.name == r.workload && i.is_max_rate() && i.message_size == info.message_size)
-        })
+        .filter(|r| infos.iter().any(|i| i.name == r.workload && i.anchors(info)))
         .filter_map(|r| r.perf["publish"]["msg_per_s"].as_f64())
         .collect();
     let Some(max) = median(maxima) else {
         bail!(
-            "workload {} asks for rate_of_max = {f}, but no max-rate workload with {} B messages ran before it",
+            "workload {} asks for rate_of_max = {f}, but no produce-only max-rate workload with {} B messages and {} partitions ran before it",
             info.name,
-            info.message_size
+            info.message_size,
+            info.partitions_per_topic
         )
     };
     Ok(Some((max * f).round() as u64))

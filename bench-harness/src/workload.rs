@@ -11,6 +11,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkloadInfo {
     pub name: String,
+    /// perf's mode: produce, consume or end-to-end (its default).
+    #[serde(default = "end_to_end")]
+    pub mode: String,
     pub partitions_per_topic: u32,
     pub message_size: usize,
     #[serde(default = "none")]
@@ -36,6 +39,9 @@ pub struct WorkloadInfo {
 fn none() -> String {
     "none".into()
 }
+fn end_to_end() -> String {
+    "end-to-end".into()
+}
 fn all() -> String {
     "all".into()
 }
@@ -52,9 +58,18 @@ impl WorkloadInfo {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// A maximum-rate workload: its result can anchor a later `rate_of_max`.
+    /// A maximum-rate workload.
     pub fn is_max_rate(&self) -> bool {
         self.producer_rate == 0 && self.rate_of_max.is_none()
+    }
+
+    /// Whether this workload's maximum anchors `other`'s `rate_of_max`: producers alone at
+    /// the maximum rate, with the same message size and partition count.
+    pub fn anchors(&self, other: &WorkloadInfo) -> bool {
+        self.is_max_rate()
+            && self.mode == "produce"
+            && self.message_size == other.message_size
+            && self.partitions_per_topic == other.partitions_per_topic
     }
 }
 
@@ -75,7 +90,24 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["fixed-rate-latency", "keyed-small-batches", "max-throughput", "thousand-partitions"]
+            [
+                "fixed-rate-latency",
+                "keyed-small-batches",
+                "max-end-to-end",
+                "max-throughput",
+                "thousand-partitions"
+            ]
         );
+    }
+
+    #[test]
+    fn the_fixed_rate_run_is_anchored_on_the_produce_maximum_alone() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let load = |f: &str| WorkloadInfo::load(&dir.join(f)).unwrap();
+        let fixed = load("2-fixed-rate-latency.toml");
+        assert!(load("1-max-throughput.toml").anchors(&fixed));
+        for other in ["5-max-end-to-end.toml", "3-thousand-partitions.toml", "4-keyed-small-batches.toml"] {
+            assert!(!load(other).anchors(&fixed), "{other}");
+        }
     }
 }

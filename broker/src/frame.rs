@@ -16,35 +16,75 @@ use kafka_protocol::protocol::Encodable;
 /// Bytes of a marker: 12 random bytes and the index of the records it stands for.
 const MARKER_BYTES: usize = 16;
 
-/// Record bytes to splice into a response.
-pub enum Records {
-    Shared(Vec<Bytes>),
-    Log(glommio::io::ReadResult),
-}
+/// Record bytes to splice into a response: shared chunks and O_DIRECT read buffers, in order
+/// (a fetch may read one partition in several rounds).
+#[derive(Default)]
+pub struct Records(Vec<Piece>);
 
 impl Records {
+    pub fn shared(chunks: Vec<Bytes>) -> Records {
+        Records(chunks.into_iter().map(Piece::Bytes).collect())
+    }
+
+    pub fn log(read: glommio::io::ReadResult) -> Records {
+        Records(vec![Piece::Log(read)])
+    }
+
+    /// Adds `more` after these records.
+    pub fn append(&mut self, more: Records) {
+        self.0.extend(more.0);
+    }
+
     pub fn len(&self) -> usize {
-        match self {
-            Records::Shared(chunks) => chunks.iter().map(Bytes::len).sum(),
-            Records::Log(r) => r.len(),
-        }
+        self.0.iter().map(|p| p.as_slice().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The size of the largest record batch here, walking the batches' length fields across
+    /// the pieces (a batch may span several: the batch cache serves each as two). Records
+    /// start with a whole batch, as reads return them; a walk that runs out of bytes stops.
+    pub fn largest_batch(&self) -> usize {
+        let mut largest = 0;
+        // The next batch starts `skip` bytes into piece `piece`.
+        let (mut piece, mut skip) = (0, 0usize);
+        loop {
+            // Skip to the batch's length field (bytes 8..12), then read it.
+            let mut field = [0u8; 4];
+            let mut filled = 0;
+            let mut ahead = skip + 8;
+            while filled < field.len() {
+                let Some(p) = self.0.get(piece) else { return largest };
+                let bytes = p.as_slice();
+                if ahead >= bytes.len() {
+                    ahead -= bytes.len();
+                    piece += 1;
+                    continue;
+                }
+                let n = (bytes.len() - ahead).min(field.len() - filled);
+                field[filled..filled + n].copy_from_slice(&bytes[ahead..ahead + n]);
+                filled += n;
+                ahead += n;
+            }
+            let size = i32::from_be_bytes(field).max(0) as usize + 12;
+            largest = largest.max(size);
+            // The next batch starts `size - 12` bytes after the field's end.
+            skip = ahead + (size - 12);
+        }
+    }
+
     fn to_bytes(&self) -> Bytes {
-        match self {
-            Records::Shared(chunks) if chunks.len() == 1 => chunks[0].clone(),
-            Records::Shared(chunks) => {
+        match &self.0[..] {
+            [Piece::Bytes(b)] => b.clone(),
+            pieces => {
                 let mut b = BytesMut::with_capacity(self.len());
-                for c in chunks {
-                    b.extend_from_slice(c);
+                for p in pieces {
+                    b.extend_from_slice(p.as_slice());
                 }
                 b.freeze()
             }
-            Records::Log(r) => Bytes::copy_from_slice(r),
         }
     }
 }
@@ -187,10 +227,7 @@ fn splice(encoded: &Bytes, nonce: &[u8; 12], records: Vec<Records>, flexible: bo
         }
         total += head.len() + len;
         pieces.push(Piece::Bytes(head.freeze()));
-        match r {
-            Records::Shared(chunks) => pieces.extend(chunks.into_iter().map(Piece::Bytes)),
-            Records::Log(read) => pieces.push(Piece::Log(read)),
-        }
+        pieces.extend(r.0);
         last = p + MARKER_BYTES;
     }
     let tail = encoded.slice(last..);
@@ -256,7 +293,7 @@ mod tests {
                 .flatten()
                 .filter(|r| !r.is_empty())
                 .map(|r| {
-                    Records::Shared(vec![
+                    Records::shared(vec![
                         Bytes::from_static(&r[..r.len().min(1)]),
                         Bytes::from_static(&r[r.len().min(1)..]),
                     ])
@@ -272,6 +309,41 @@ mod tests {
             let back = FetchResponse::decode(&mut body, version).unwrap();
             assert_eq!(back.responses[0].partitions[3].records.as_deref(), Some(big));
         }
+    }
+
+    #[test]
+    fn largest_batch_walks_the_batch_lengths_of_every_piece() {
+        // Only the length field (bytes 8..12, the bytes after it) matters to the walk.
+        let batch = |after_length: usize| {
+            let mut b = vec![0u8; 12 + after_length];
+            b[8..12].copy_from_slice(&(after_length as i32).to_be_bytes());
+            b
+        };
+        let piece = [batch(100), batch(300), batch(50)].concat();
+        let mut records = Records::shared(vec![Bytes::from(piece), Bytes::from(batch(200))]);
+        assert_eq!(records.largest_batch(), 312);
+        records.append(Records::shared(vec![Bytes::from(batch(1000))]));
+        assert_eq!(records.largest_batch(), 1012);
+        assert_eq!(Records::default().largest_batch(), 0);
+        // Batches split anywhere across pieces, as the batch cache serves them (a 16-byte head
+        // and the rest), even through the length field.
+        let stream = [batch(100), batch(2000), batch(30), batch(500)].concat();
+        for cuts in [
+            vec![16, 112, 128],
+            vec![10, 11, 122, 2124, 2130],
+            (1..stream.len()).step_by(7).collect(),
+        ] {
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([stream.len()]) {
+                pieces.push(Bytes::copy_from_slice(&stream[from..cut]));
+                from = cut;
+            }
+            assert_eq!(Records::shared(pieces).largest_batch(), 2012);
+        }
+        // A length running past the records ends the walk; nothing reads out of bounds.
+        assert_eq!(Records::shared(vec![Bytes::from(batch(100)[..50].to_vec())]).largest_batch(), 112);
+        assert_eq!(Records::shared(vec![Bytes::from(batch(100)[..10].to_vec())]).largest_batch(), 0);
     }
 
     #[test]

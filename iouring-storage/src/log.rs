@@ -810,6 +810,11 @@ impl PartitionLog {
 
     /// Whole batches from the one holding `offset`, within `end` bytes of the file and below
     /// offset `limit` (batches never straddle it: it is a batch's base or the durable end).
+    ///
+    /// `pos` is the index entry at or below `offset`, at most about one index interval before
+    /// the batch holding it, so one read of that slack plus `max_bytes` usually serves: the
+    /// batches before `offset` are skipped in memory. A second read is needed only when the
+    /// skipped batches fill the whole buffer, or the first batch wanted does not end inside it.
     #[allow(clippy::too_many_arguments)]
     async fn read_from(
         &self,
@@ -821,61 +826,74 @@ impl PartitionLog {
         max_bytes: usize,
         limit: u64,
     ) -> Result<Option<ReadBatches>> {
-        // Skip batches ending before `offset`, reading headers only.
-        let mut first: Option<BatchHeader> = None;
-        let scan = segment::scan(file, path, pos, 0, end, false, |h, p| {
-            if h.last_offset() as u64 >= offset {
-                first = Some(*h);
-                pos = p;
-                false
-            } else {
-                true
-            }
-        })
-        .await?;
-        let Some(first) = first else {
-            if let Some(why) = scan.stopped {
-                return Err(Error::Corrupt {
-                    what: "segment",
-                    path: path.to_owned(),
-                    detail: why,
-                });
-            }
-            return Ok(None);
+        let corrupt = |detail: String| Error::Corrupt {
+            what: "segment",
+            path: path.to_owned(),
+            detail,
         };
-        if first.base_offset as u64 >= limit {
-            return Ok(None);
-        }
-        let want = (max_bytes.max(first.total_bytes) as u64).min(end - pos) as usize;
-        let bytes = file.read_at(pos, want).await.map_err(|e| Error::io("reading segment", path, e))?;
-        // Keep whole batches only.
-        let mut len = 0usize;
-        let mut next_offset = first.base_offset as u64;
-        while len + BATCH_HEADER_BYTES <= bytes.len() {
-            let h = BatchHeader::parse(&bytes[len..]).map_err(|e| Error::Corrupt {
-                what: "segment",
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })?;
-            if len + h.total_bytes > bytes.len() || (len > 0 && len + h.total_bytes > max_bytes) || h.base_offset as u64 >= limit {
-                break;
+        let slack = self.cfg().index_interval_bytes as usize + BATCH_HEADER_BYTES;
+        let mut want = max_bytes.saturating_add(slack).min(READ_BYTES_MAX);
+        loop {
+            if pos >= end {
+                return Ok(None);
             }
-            len += h.total_bytes;
-            next_offset = h.last_offset() as u64 + 1;
+            let len = (want as u64).min(end - pos) as usize;
+            let bytes = file.read_at(pos, len).await.map_err(|e| Error::io("reading segment", path, e))?;
+            // Skip the batches that end before `offset`.
+            let mut at = 0usize;
+            let mut first = None;
+            while at + BATCH_HEADER_BYTES <= bytes.len() {
+                let h = BatchHeader::parse(&bytes[at..]).map_err(|e| corrupt(format!("batch at {}: {e}", pos + at as u64)))?;
+                if h.last_offset() as u64 >= offset {
+                    first = Some(h);
+                    break;
+                }
+                at += h.total_bytes;
+            }
+            if pos + at as u64 > end {
+                return Err(corrupt(format!("batch before {} extends past the durable data", pos + at as u64)));
+            }
+            let Some(first) = first else {
+                if at == 0 {
+                    return Err(corrupt(format!("{} bytes at {pos} hold no batch header", bytes.len())));
+                }
+                // Every batch read ends before `offset`: go on after them, reading more at once.
+                pos += at as u64;
+                want = want.saturating_mul(2).min(READ_BYTES_MAX);
+                continue;
+            };
+            if first.base_offset as u64 >= limit {
+                return Ok(None);
+            }
+            if at + first.total_bytes > bytes.len() {
+                // The first batch is not whole in the buffer: read again from it.
+                if pos + (at + first.total_bytes) as u64 > end {
+                    return Err(corrupt(format!("batch at {} extends past the durable data", pos + at as u64)));
+                }
+                pos += at as u64;
+                want = max_bytes.max(first.total_bytes);
+                continue;
+            }
+            // Whole batches from the first, within `max_bytes` (the first one always).
+            let mut taken = 0usize;
+            let mut next_offset = first.base_offset as u64;
+            while at + taken + BATCH_HEADER_BYTES <= bytes.len() {
+                let h = BatchHeader::parse(&bytes[at + taken..])
+                    .map_err(|e| corrupt(format!("batch at {}: {e}", pos + (at + taken) as u64)))?;
+                let fits = taken == 0 || taken + h.total_bytes <= max_bytes;
+                if at + taken + h.total_bytes > bytes.len() || !fits || h.base_offset as u64 >= limit {
+                    break;
+                }
+                taken += h.total_bytes;
+                next_offset = h.last_offset() as u64 + 1;
+            }
+            let bytes = ReadResult::slice(&bytes, at, taken).expect("slice within the read");
+            return Ok(Some(ReadBatches {
+                bytes,
+                first_offset: first.base_offset as u64,
+                next_offset,
+            }));
         }
-        if len == 0 {
-            return Err(Error::Corrupt {
-                what: "segment",
-                path: path.to_owned(),
-                detail: format!("batch at {pos} extends past the durable data"),
-            });
-        }
-        let bytes = ReadResult::slice(&bytes, 0, len).expect("slice within the read");
-        Ok(Some(ReadBatches {
-            bytes,
-            first_offset: first.base_offset as u64,
-            next_offset,
-        }))
     }
 
     /// The first durable batch whose max timestamp is at or after `timestamp`, if any.

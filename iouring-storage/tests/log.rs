@@ -110,6 +110,48 @@ fn appended_batches_read_back_byte_for_byte() {
     });
 }
 
+/// A read starts at the index entry below its offset and skips the batches before it in
+/// memory. An index sparser than the current interval (written before `set_config` lowered
+/// it) makes the skipped batches outgrow the first buffer, and a batch larger than
+/// `max_bytes` does not end inside it: each read must still return the batch holding its
+/// offset, whole, then whole batches within `max_bytes`.
+#[test]
+fn reads_from_any_offset_return_the_batch_holding_it_however_sparse_the_index() {
+    run_in_dir(|path| async move {
+        let mut cfg = small_config(&path);
+        cfg.segment_bytes = 1024 * 1024;
+        cfg.index_interval_bytes = 256 * 1024;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 120).await;
+        cfg.index_interval_bytes = 1024;
+        log.set_config(cfg).unwrap();
+        let end = log.offsets().durable_end;
+        for max_bytes in [1, 5_000, 40_000] {
+            for offset in 0..end {
+                let r = log.read(offset, max_bytes).await.unwrap().expect("data at every offset");
+                let first = batch_holding(&written, offset);
+                assert_eq!(r.first_offset, written[first].0, "offset {offset}");
+                let mut want = written[first].1.clone();
+                for (_, b) in &written[first + 1..] {
+                    if want.len() + b.len() > max_bytes {
+                        break;
+                    }
+                    want.extend_from_slice(b);
+                }
+                assert!(r.bytes.len() <= want.len(), "offset {offset}, max {max_bytes}: no more than fits");
+                assert_eq!(&r.bytes[..], &want[..r.bytes.len()], "offset {offset}, max {max_bytes}");
+                assert!(r.bytes.len() >= written[first].1.len(), "the first batch whole");
+                let batches = written[first..].iter().scan(0, |n, (_, b)| {
+                    *n += b.len();
+                    Some(*n)
+                });
+                assert!(batches.into_iter().any(|n| n == r.bytes.len()), "whole batches only");
+            }
+        }
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn reads_see_only_durable_data_and_refuse_offsets_outside_the_log() {
     run_in_dir(|path| async move {

@@ -13,7 +13,7 @@
 //!
 //! Consumer: one thread, one connection per leader, plain fetches from positions it keeps
 //! itself (no consumer group), starting at the latest offset (end-to-end) or the earliest
-//! (consume mode).
+//! (consume mode). Partitions that got records move to the back of the next request.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
@@ -905,17 +905,18 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
     for &p in &ctx.partitions {
         by_leader.entry(ctx.leaders[p as usize].clone()).or_default().push(p);
     }
-    let mut links: Vec<(Conn, BTreeMap<i32, i64>)> = Vec::new();
+    // Per leader: the connection, each partition's position, and the order to ask for them.
+    let mut links: Vec<(Conn, BTreeMap<i32, i64>, Vec<i32>)> = Vec::new();
     for (addr, partitions) in by_leader {
         let mut conn = Conn::open(&addr)?;
         let positions = client::list_offsets(&mut conn, &ctx.topic, &partitions, ctx.from)?;
-        links.push((conn, positions));
+        links.push((conn, positions, partitions));
     }
     ctx.ready.fetch_add(1, Ordering::AcqRel);
     let mut local = Sample::default();
     let mut last_flush = Instant::now();
     while !ctx.shared.stop_consuming.load(Ordering::Acquire) {
-        for (conn, positions) in &mut links {
+        for (conn, positions, order) in &mut links {
             let request = FetchRequest::default()
                 .with_replica_id((-1).into())
                 .with_max_wait_ms(FETCH_WAIT_MS)
@@ -925,9 +926,10 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                 .with_topics(vec![FetchTopic::default()
                     .with_topic(client::topic_name(&ctx.topic))
                     .with_partitions(
-                        positions
+                        order
                             .iter()
-                            .map(|(&p, &offset)| {
+                            .map(|&p| (p, positions[&p]))
+                            .map(|(p, offset)| {
                                 FetchPartition::default()
                                     .with_partition(p)
                                     .with_fetch_offset(offset)
@@ -948,6 +950,7 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                 });
             }
             let mut count = 0;
+            let mut served = Vec::new();
             for t in &response.responses {
                 for p in &t.partitions {
                     if p.error_code != 0 {
@@ -967,6 +970,7 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                     })?;
                     if let Some(next) = walked.next_offset {
                         positions.insert(p.partition_index, next);
+                        served.push(p.partition_index);
                     }
                     local.consumed_messages += walked.records;
                     local.consumed_bytes += walked.value_bytes;
@@ -974,6 +978,9 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                 }
             }
             ctx.shared.consumed.fetch_add(count, Ordering::AcqRel);
+            // Partitions that got records go to the back, as Kafka's consumers do: a response
+            // holds at most FETCH_BYTES_MAX, and a fixed order would starve the last ones.
+            order.sort_by_key(|p| served.contains(p));
         }
         if last_flush.elapsed() >= Duration::from_millis(STATS_FLUSH_INTERVAL_MS) {
             ctx.shared.flush(&mut local);

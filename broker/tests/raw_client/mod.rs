@@ -275,11 +275,16 @@ pub fn producer_batch(pid: i64, epoch: i16, seq: i32, count: i32, transactional:
 
 /// Produces one batch to partition 0 of `name` with acks=all; returns (error code, base offset).
 pub fn produce(c: &mut Conn, name: &str, batch: Bytes) -> (i16, i64) {
+    produce_to(c, name, 0, batch)
+}
+
+/// Produces one batch to `partition` of `name` with acks=all; returns (error code, base offset).
+pub fn produce_to(c: &mut Conn, name: &str, partition: i32, batch: Bytes) -> (i16, i64) {
     let request = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(30_000)
         .with_topic_data(vec![TopicProduceData::default().with_name(topic(name)).with_partition_data(vec![
-            PartitionProduceData::default().with_index(0).with_records(Some(batch)),
+            PartitionProduceData::default().with_index(partition).with_records(Some(batch)),
         ])]);
     let response: ProduceResponse = c.call(ApiKey::Produce, 9, &request);
     let p = &response.responses[0].partition_responses[0];
