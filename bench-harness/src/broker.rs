@@ -28,6 +28,8 @@ pub struct ProcSample {
 pub struct Broker {
     child: Child,
     pub addr: String,
+    /// The admin listener, serving `/metrics`.
+    admin: String,
     pub log: PathBuf,
     started: Instant,
     samples: Arc<Mutex<Vec<ProcSample>>>,
@@ -44,6 +46,40 @@ pub fn proc_cpu_s(pid: u32) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A plain HTTP/1.0 GET of `path` on `addr`; the body on a 200 answer.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("no end of the HTTP header")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path} on {addr}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
+}
+
+/// The sum over every label set of a Prometheus counter in text exposition format; None if
+/// no sample of it is there.
+fn sum_counter(text: &str, name: &str) -> Option<u64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            // The name must end here: a label set or the value follows.
+            let value = match rest.strip_prefix('{') {
+                Some(labels) => labels.split_once('}')?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
 }
 
 /// The resident set size and storage reads of a process, from /proc.
@@ -87,6 +123,7 @@ impl Broker {
             let mut b = Broker {
                 child,
                 addr,
+                admin,
                 log: log.to_owned(),
                 started: Instant::now(),
                 samples: Arc::default(),
@@ -140,6 +177,14 @@ impl Broker {
         proc_counters(self.pid()).unwrap_or((0, 0))
     }
 
+    /// Fetch reads that missed the broker's batch cache and went to the log, so far: the sum
+    /// of `broker_batch_cache_misses_total` over the shards, from `/metrics`. None if the
+    /// admin listener does not answer or the counter is missing.
+    pub fn batch_cache_misses(&self) -> Option<u64> {
+        let text = http_get(&self.admin, "/metrics").ok()?;
+        sum_counter(&text, "broker_batch_cache_misses_total")
+    }
+
     /// The samples so far.
     pub fn samples(&self) -> Vec<ProcSample> {
         self.samples.lock().expect("sampler lock").clone()
@@ -185,5 +230,24 @@ impl Drop for Broker {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_counter;
+
+    #[test]
+    fn counters_sum_over_their_label_sets_and_only_their_own_name() {
+        let text = "# HELP broker_batch_cache_misses_total Reads.\n\
+                    # TYPE broker_batch_cache_misses_total counter\n\
+                    broker_batch_cache_misses_total{shard=\"0\"} 3\n\
+                    broker_batch_cache_misses_total{shard=\"1\"} 4\n\
+                    broker_batch_cache_misses_total_other 100\n\
+                    broker_batch_cache_hits_total{shard=\"0\"} 9\n";
+        assert_eq!(sum_counter(text, "broker_batch_cache_misses_total"), Some(7));
+        assert_eq!(sum_counter(text, "broker_batch_cache_hits_total"), Some(9));
+        assert_eq!(sum_counter("x 1\n", "broker_batch_cache_misses_total"), None);
+        assert_eq!(sum_counter("plain 5\n", "plain"), Some(5));
     }
 }

@@ -380,10 +380,15 @@ fn run_perf(
         rate.map(|r| format!(", {r} msg/s")).unwrap_or_default()
     );
     let (rss_before, _) = broker.counters();
+    let misses_before = broker.batch_cache_misses();
     let t0 = broker.elapsed_s();
     let status = cmd.status().with_context(|| format!("running {}", perf.display()))?;
     let t1 = broker.elapsed_s();
     let (rss_after, _) = broker.counters();
+    let batch_cache_misses = match (misses_before, broker.batch_cache_misses()) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     if !status.success() {
         bail!("perf failed on {} ({status}); broker log: {}", path.display(), broker.log.display());
     }
@@ -406,6 +411,7 @@ fn run_perf(
         soak: false,
         rate,
         broker_read_bytes: read_bytes,
+        broker_batch_cache_misses: batch_cache_misses,
         broker_cpu_cores: cpu_cores,
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,
