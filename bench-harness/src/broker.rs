@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::constants::{BROKER_READY_TIMEOUT, BROKER_STOP_TIMEOUT, SAMPLE_INTERVAL};
+use crate::constants::{BROKER_READY_TIMEOUT, BROKER_STOP_TIMEOUT, RETENTION_CHECK_INTERVAL_MS, SAMPLE_INTERVAL};
 
 /// One sample of the broker process.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -113,7 +113,9 @@ impl Broker {
             let admin = format!("127.0.0.1:{admin_port}");
             let out = std::fs::File::create(log)?;
             let child = Command::new(bin)
-                .args(["--listen", &addr, "--admin-listen", &admin, "--data-dir"])
+                .args(["--listen", &addr, "--admin-listen", &admin])
+                .args(["--retention-check-interval-ms", &RETENTION_CHECK_INTERVAL_MS.to_string()])
+                .arg("--data-dir")
                 .arg(data_dir)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::from(out.try_clone()?))

@@ -46,6 +46,11 @@ pub const RDKAFKA_QUEUE_KBYTES_MAX: u32 = 16 * 1024;
 /// Latencies in µs up to a minute in the librdkafka driver's histogram.
 pub const LATENCY_US_MAX: u64 = 60_000_000;
 
+/// How often the brokers the harness starts apply retention. At hundreds of MB/s, Kafka's
+/// 5-minute default let a soak's topics fill 62 GB of free disk in 94 s, before retention
+/// first ran (and the broker then crashed in the disk-full path).
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1000;
+
 /// A soak run's topics keep this much per partition (`retention.bytes`), in segments of
 /// `SOAK_SEGMENT_BYTES`: 16 partitions then hold at most about 5 GiB on disk.
 pub const SOAK_RETENTION_BYTES: u64 = 256 * 1024 * 1024;

@@ -48,6 +48,10 @@ pub struct Flags {
     /// log.cleaner.backoff.ms).
     #[arg(long, env = "BROKER_COMPACTION_CHECK_INTERVAL_MS")]
     pub compaction_check_interval_ms: Option<u64>,
+    /// How often each shard applies retention (default 300000, Kafka's
+    /// log.retention.check.interval.ms).
+    #[arg(long, env = "BROKER_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// Address of the admin HTTP listener serving /metrics, /health and /ready
     /// (default 127.0.0.1:9644; `off` turns it off).
     #[arg(long, env = "BROKER_ADMIN_LISTEN")]
@@ -316,7 +320,11 @@ impl Config {
             connections_max,
             connections_max_idle_ms,
             fetch_bytes_max,
-            retention_check_interval_ms: file.retention_check_interval_ms.unwrap_or(300_000).max(100),
+            retention_check_interval_ms: flags
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms)
+                .unwrap_or(300_000)
+                .max(100),
             compaction_check_interval_ms: flags
                 .compaction_check_interval_ms
                 .or(file.compaction_check_interval_ms)
@@ -386,6 +394,21 @@ mod tests {
         let c = Config::merge(flags, file).unwrap();
         assert_eq!(c.listen.port(), 2000);
         assert_eq!(c.default_partitions, 3);
+
+        // Retention's interval: Kafka's 5 minutes, then the file, then the flag.
+        let file = || toml::from_str::<FileConfig>("retention_check_interval_ms = 60000\n").unwrap();
+        assert_eq!(
+            Config::merge(Flags::default(), FileConfig::default())
+                .unwrap()
+                .retention_check_interval_ms,
+            300_000
+        );
+        assert_eq!(Config::merge(Flags::default(), file()).unwrap().retention_check_interval_ms, 60_000);
+        let flags = Flags {
+            retention_check_interval_ms: Some(1000),
+            ..Flags::default()
+        };
+        assert_eq!(Config::merge(flags, file()).unwrap().retention_check_interval_ms, 1000);
     }
 
     #[test]
