@@ -14,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
 use bytes::BytesMut;
+use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use glommio::net::TcpStream;
 use tracing::Instrument as _;
@@ -49,9 +50,9 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
     // Its own task, whose panic would end the executor like any other: caught too.
     let write_responses = async move {
         let mut queue_rx = queue_rx.stream();
-        while let Some(task) = queue_rx.next().await {
-            let task: glommio::task::JoinHandle<Reply> = task;
-            match task.await {
+        while let Some(reply) = queue_rx.next().await {
+            let reply: oneshot::Receiver<Reply> = reply;
+            match reply.await.ok() {
                 Some(Reply::Frame(response)) => {
                     if let Err(e) = write_frame(&mut writer, &response).await {
                         tracing::debug!(target: "broker", error = %e, "write failed; closing");
@@ -60,7 +61,8 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
                 }
                 // acks=0 produce: no response.
                 Some(Reply::Nothing) => {}
-                // Closing, or the handler was cancelled: the stream is out of step, close it.
+                // Closing, or the handler went without answering: the stream is out of step,
+                // close it.
                 Some(Reply::Close) | None => break,
             }
         }
@@ -105,7 +107,15 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
         };
         let broker2 = broker.clone();
         let peer2 = peer.clone();
-        let handle = glommio::spawn_local(async move {
+        // The handler answers the writer through a same-thread oneshot, and its JoinHandle is
+        // dropped here, before the task first runs. Awaiting and then dropping the JoinHandle
+        // crashed the shard: glommio 0.9's `JoinHandle::drop` destroys the task when it reads
+        // a reference count of 0, and a waker dropped on another shard (a mesh reply's
+        // oneshot) passes through 0 before it re-queues itself, so the task was freed under a
+        // waker still in flight (SIGSEGV in `process_foreign_wakes`). Dropped at spawn, the
+        // handle takes glommio's early path, which never reads the count.
+        let (answer, reply) = oneshot::channel();
+        glommio::spawn_local(async move {
             let api = request.api_key;
             broker2.metrics.request_started(api, received.elapsed());
             // Exported as a trace when `otlp_endpoint` is set; otherwise disabled at its callsite.
@@ -127,10 +137,11 @@ async fn serve_until_closed(broker: Rc<Broker>, stream: TcpStream, peer: String)
             broker2
                 .metrics
                 .request_finished(api, received.elapsed(), matches!(reply, Reply::Close));
-            reply
+            // The writer is gone when the connection closed first; nothing waits for this.
+            let _ = answer.send(reply);
         })
         .detach();
-        if queue_tx.send(handle).await.is_err() {
+        if queue_tx.send(reply).await.is_err() {
             break;
         }
     }
