@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use serde::Deserialize;
+use shard::constants::BATCH_CACHE_BYTES_PER_SHARD_DEFAULT;
+
+/// Smallest batch cache a shard may be given: below it, a single large batch would not fit.
+const BATCH_CACHE_BYTES_PER_SHARD_MIN: usize = 1024 * 1024;
 
 /// Command line flags; each also reads an environment variable. Unset ones fall back to the
 /// TOML file, then to the defaults.
@@ -52,6 +56,10 @@ pub struct Flags {
     /// log.retention.check.interval.ms).
     #[arg(long, env = "BROKER_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Memory for recently appended batches that tailing consumers read without touching the
+    /// disk, for the whole broker, shared evenly by the shards (default 64 MiB per shard).
+    #[arg(long, env = "BROKER_BATCH_CACHE_BYTES")]
+    pub batch_cache_bytes: Option<u64>,
     /// Address of the admin HTTP listener serving /metrics, /health and /ready
     /// (default 127.0.0.1:9644; `off` turns it off).
     #[arg(long, env = "BROKER_ADMIN_LISTEN")]
@@ -84,6 +92,7 @@ pub struct FileConfig {
     pub fetch_bytes_max: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub compaction_check_interval_ms: Option<u64>,
+    pub batch_cache_bytes: Option<u64>,
     pub log_format: Option<String>,
     pub offsets_topic_partitions: Option<i32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -125,6 +134,8 @@ pub struct Config {
     pub fetch_bytes_max: usize,
     pub retention_check_interval_ms: u64,
     pub compaction_check_interval_ms: u64,
+    /// Each shard's share of the batch cache (`batch_cache_bytes` over the shards).
+    pub batch_cache_bytes_per_shard: usize,
     pub log_json: bool,
     /// The admin HTTP listener (/metrics, /health, /ready); `None` when turned off.
     pub admin_listen: Option<SocketAddr>,
@@ -222,6 +233,17 @@ impl Config {
         let fetch_bytes_max = file.fetch_bytes_max.unwrap_or(55 * 1024 * 1024);
         if !(1024..=1024 * 1024 * 1024).contains(&fetch_bytes_max) {
             return Err(bad("fetch_bytes_max", "must be between 1 KiB and 1 GiB"));
+        }
+        let batch_cache_bytes = flags
+            .batch_cache_bytes
+            .or(file.batch_cache_bytes)
+            .unwrap_or((shards * BATCH_CACHE_BYTES_PER_SHARD_DEFAULT) as u64);
+        let batch_cache_bytes_per_shard = usize::try_from(batch_cache_bytes / shards as u64).unwrap_or(usize::MAX);
+        if batch_cache_bytes_per_shard < BATCH_CACHE_BYTES_PER_SHARD_MIN {
+            return Err(bad(
+                "batch_cache_bytes",
+                format!("{batch_cache_bytes} leaves less than 1 MiB to each of {shards} shards"),
+            ));
         }
         let log_format = flags.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
         let log_json = match log_format.as_str() {
@@ -330,6 +352,7 @@ impl Config {
                 .or(file.compaction_check_interval_ms)
                 .unwrap_or(15_000)
                 .max(100),
+            batch_cache_bytes_per_shard,
             log_json,
             admin_listen,
             metrics_enabled: flags.metrics_enabled.or(file.metrics_enabled).unwrap_or(true),
@@ -409,6 +432,25 @@ mod tests {
             ..Flags::default()
         };
         assert_eq!(Config::merge(flags, file()).unwrap().retention_check_interval_ms, 1000);
+    }
+
+    #[test]
+    fn the_batch_cache_is_shared_by_the_shards() {
+        let four = |extra: &str| toml::from_str::<FileConfig>(&format!("shards = 4\npin_shards = false\n{extra}")).unwrap();
+        assert_eq!(
+            Config::merge(Flags::default(), four("")).unwrap().batch_cache_bytes_per_shard,
+            BATCH_CACHE_BYTES_PER_SHARD_DEFAULT
+        );
+        let c = Config::merge(Flags::default(), four("batch_cache_bytes = 1073741824\n")).unwrap();
+        assert_eq!(c.batch_cache_bytes_per_shard, 256 * 1024 * 1024);
+        let flags = Flags {
+            batch_cache_bytes: Some(8 * 1024 * 1024),
+            ..Flags::default()
+        };
+        let c = Config::merge(flags, four("batch_cache_bytes = 1073741824\n")).unwrap();
+        assert_eq!(c.batch_cache_bytes_per_shard, 2 * 1024 * 1024);
+        let e = Config::merge(Flags::default(), four("batch_cache_bytes = 3145728\n")).unwrap_err();
+        assert_eq!(e.key, "batch_cache_bytes");
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn run() -> anyhow::Result<()> {
         shards: config.shards,
         pin: config.pin_shards,
         data_dir: config.data_dir.clone(),
+        batch_cache_bytes: config.batch_cache_bytes_per_shard,
     };
     let (c, m, s) = (config.clone(), meta.clone(), stop.clone());
     let shards = shard::start(runtime, provider, move |ctx| {

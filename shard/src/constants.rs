@@ -19,7 +19,7 @@ pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
 /// a consumer keeping up never reads the disk, while staying small beside the core's share of
 /// memory. Charged per batch length plus a fixed overhead; a lower bound of what it keeps
 /// alive, since a cached batch shares its produce request's frame.
-pub const BATCH_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const BATCH_CACHE_BYTES_PER_SHARD_DEFAULT: usize = 64 * 1024 * 1024;
 
 /// Keys one compaction pass maps to their latest offset (16-byte hash and 8-byte offset each,
 /// about 24 MiB of map at most, per shard, since a shard compacts one partition at a time).

@@ -17,7 +17,7 @@ use iouring_storage::{AbortedTxn, LogConfig, LogOffsets, Marker, PartitionLog, R
 
 use crate::batch_cache::{BatchCache, BatchCacheStats};
 use crate::compaction::{self, Compactor, PassStats};
-use crate::constants::{BATCH_CACHE_BYTES_MAX, PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
+use crate::constants::{PARTITIONS_PER_SHARD_MAX, WAIT_DATA_MAX};
 use crate::ops::{CommittedRead, Op, OpResult, ReadData};
 use crate::{Error, Result, ShardId, TopicPartition};
 
@@ -78,8 +78,9 @@ pub enum LocalRead {
 }
 
 impl Partitions {
+    #[cfg(test)]
     pub(crate) fn new(shard: ShardId, data_dir: PathBuf, provider: LogConfigProvider) -> Self {
-        Self::with_cache_bytes_max(shard, data_dir, provider, BATCH_CACHE_BYTES_MAX)
+        Self::with_cache_bytes_max(shard, data_dir, provider, crate::constants::BATCH_CACHE_BYTES_PER_SHARD_DEFAULT)
     }
 
     pub(crate) fn with_cache_bytes_max(shard: ShardId, data_dir: PathBuf, provider: LogConfigProvider, cache_bytes_max: usize) -> Self {

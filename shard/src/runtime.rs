@@ -27,6 +27,8 @@ pub struct RuntimeConfig {
     pub pin: bool,
     /// Parent of every partition directory.
     pub data_dir: PathBuf,
+    /// Budget of each shard's batch cache (see `batch_cache.rs`).
+    pub batch_cache_bytes: usize,
 }
 
 /// What a shard's main future gets.
@@ -132,18 +134,19 @@ where
     let mut handles = Vec::with_capacity(config.shards);
     for (i, ends) in ends.into_iter().enumerate() {
         let placement = if config.pin { Placement::Fixed(i) } else { Placement::Unbound };
-        let (main, provider, ready, data_dir, n) = (
+        let (main, provider, ready, data_dir, n, cache_bytes) = (
             main.clone(),
             provider.clone(),
             ready_tx.clone(),
             config.data_dir.clone(),
             config.shards,
+            config.batch_cache_bytes,
         );
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .spawn(move || async move {
                 let mesh = ends.connect().await;
-                let partitions = Rc::new(Partitions::new(ShardId(i), data_dir, provider));
+                let partitions = Rc::new(Partitions::with_cache_bytes_max(ShardId(i), data_dir, provider, cache_bytes));
                 for rx in mesh.from {
                     let partitions = partitions.clone();
                     glommio::spawn_local(async move {
