@@ -20,6 +20,16 @@
 //! one batch each outstanding wait on average at least `concurrency * batch / raw bandwidth`,
 //! whatever the log does; for large batches that floor, not fdatasync, bounds commit latency.
 //!
+//! The disk's durable frontier: what any appender could get from this disk at a given grouping,
+//! with no log in the way. Sequential 1 MiB writes, 1, 2 or 4 in flight, with an fdatasync after
+//! every 1, 2, 4 or 8 MiB that first waits for that group's writes; either the writer waits for
+//! each fdatasync (stop and wait), or writes go on meanwhile with at most
+//! `COMMITS_IN_FLIGHT_MAX` fdatasyncs in flight, as in the log (overlapped). A write's commit latency
+//! runs from its submission to the end of the fdatasync covering it. Beside it, the log with 1 MiB
+//! batches at 1, 2, 4, 8 and 16 producers. The 1 MiB targets are judged at the default producer
+//! count, and again at the best point of each table that keeps commit p99 within the target: if
+//! the frontier has no such point at 90% of raw bandwidth, no appender can meet both on this disk.
+//!
 //! For context it also measures 1 MiB writes with 32 in flight (the disk's best) and a growing
 //! file without preallocation (the ext4 hazard in DESIGN.md: appends that extend the file take
 //! the slow path).
@@ -34,7 +44,8 @@
 //! `dir` (default: a temporary directory under the cargo target directory, which must not be
 //! tmpfs), `concurrency`, `reps`, `secs`, `sizes` (comma-separated batch bytes), and the log's
 //! `write_buffer_bytes`, `writes_in_flight_max`, `preallocate_step_bytes`, `segment_bytes`;
-//! `context 0` skips the raw 1 MiB context figures, to try knobs faster.
+//! `context 0` skips the raw 1 MiB context figures and `frontier 0` the durable frontier and the
+//! producer sweep, to try knobs faster; `sweep` (comma-separated producer counts) sets the sweep.
 //!
 //! Output: a Markdown report on stdout and JSON in `<target>/bench-reports/append_throughput.json`
 //! (`append_throughput.smoke.json` for the smoke run), where `<target>` is `CARGO_TARGET_DIR` or
@@ -66,6 +77,12 @@ const BEST_DEPTH: usize = 32;
 
 /// The context figures use 1 MiB writes: large enough that the device, not the syscall, limits.
 const CONTEXT_WRITE_BYTES: usize = 1024 * 1024;
+
+/// The durable frontier and the producer sweep use the bandwidth target's 1 MiB batches; the
+/// frontier's groups (MiB between fdatasyncs) and write depths span the log's operating points
+/// from one producer to sixteen.
+const FRONTIER_GROUPS_MIB: [usize; 4] = [1, 2, 4, 8];
+const FRONTIER_DEPTHS: [usize; 3] = [1, 2, 4];
 
 /// Targets from the issue.
 const TARGET_BANDWIDTH_RATIO_MIN: f64 = 0.90;
@@ -107,6 +124,11 @@ struct Settings {
     segment_bytes: u64,
     /// Whether to measure the raw 1 MiB context figures (off speeds up trying knobs).
     context: bool,
+    /// Whether to measure the disk's durable frontier and the log's producer sweep, both with
+    /// 1 MiB batches (needs 1 MiB among `batch_sizes`).
+    frontier: bool,
+    /// Producer counts of the sweep.
+    sweep: Vec<usize>,
 }
 
 impl Settings {
@@ -141,13 +163,17 @@ impl Settings {
         } else {
             "append_throughput.json"
         };
-        let sizes = match knob("sizes") {
-            None => vec![1024, 16 * 1024, 1024 * 1024],
-            Some(s) => s
-                .split(',')
-                .map(|x| x.trim().parse::<usize>().ctx(format!("knob sizes = {s:?}")))
-                .collect::<Res<Vec<_>>>()?,
+        let list = |name: &str, default: Vec<usize>| -> Res<Vec<usize>> {
+            match knob(name) {
+                None => Ok(default),
+                Some(s) => s
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>().ctx(format!("knob {name} = {s:?}")))
+                    .collect(),
+            }
         };
+        let sizes = list("sizes", vec![1024, 16 * 1024, 1024 * 1024])?;
+        let sweep = list("sweep", vec![1, 2, 4, 8, 16])?;
         let mut s = Settings {
             smoke,
             dir: base_dir,
@@ -165,6 +191,8 @@ impl Settings {
             )?,
             segment_bytes: parse("segment_bytes", knob("segment_bytes"), defaults.segment_bytes)?,
             context: parse::<u8>("context", knob("context"), 1)? != 0,
+            frontier: parse::<u8>("frontier", knob("frontier"), 1)? != 0,
+            sweep,
         };
         if smoke {
             // Tiny buffers, steps and segments so a few batches take the buffer-full, preallocate
@@ -175,8 +203,11 @@ impl Settings {
             s.preallocate_step_bytes = 256 * 1024;
             s.segment_bytes = 4 * 1024 * 1024;
             s.context = true;
+            s.frontier = true;
+            s.sweep = vec![2];
         }
-        if s.concurrency == 0 || s.reps == 0 || !s.secs.is_finite() || s.secs <= 0.0 || s.writes_in_flight_max == 0 {
+        if s.concurrency == 0 || s.sweep.contains(&0) || s.reps == 0 || !s.secs.is_finite() || s.secs <= 0.0 || s.writes_in_flight_max == 0
+        {
             return Err("concurrency, reps, secs and writes_in_flight_max must be positive".into());
         }
         if s.batch_sizes.iter().any(|&b| b <= iouring_storage::constants::BATCH_HEADER_BYTES) {
@@ -323,11 +354,31 @@ struct ContextReps {
     growing_best_depth: Vec<f64>,
 }
 
+/// One point of the disk's durable frontier (`raw_grouped`, 1 MiB writes), all repetitions.
+#[derive(Debug, Default)]
+struct FrontierReps {
+    group_bytes: usize,
+    depth: usize,
+    overlap: bool,
+    mbps: Vec<f64>,
+    commit: Vec<Pcts>,
+}
+
+/// The log with 1 MiB batches at one producer count, all repetitions.
+#[derive(Debug, Default)]
+struct SweepReps {
+    producers: usize,
+    mbps: Vec<f64>,
+    commit: Vec<Pcts>,
+}
+
 #[derive(Debug)]
 struct Measurements {
     alignment: u64,
     sizes: Vec<SizeReps>,
     context: ContextReps,
+    frontier: Vec<FrontierReps>,
+    sweep: Vec<SweepReps>,
 }
 
 /// Opens a file for O_DIRECT reads and writes, as the log opens its segments.
@@ -440,6 +491,97 @@ async fn raw_fdatasync(path: &Path, write_bytes: usize, step: u64, secs: Duratio
     Ok(Pcts::of(&hist))
 }
 
+/// What the raw grouped-commit loop observed.
+struct RawGrouped {
+    mbps: f64,
+    commit: Pcts,
+}
+
+/// The disk's own durable-append frontier at one grouping, with no log in the way: sequential
+/// writes of `write_bytes`, `depth` in flight, into a file preallocated in `step`s; after every
+/// `group_bytes` written, an fdatasync that first waits for that group's writes. With `overlap`,
+/// writes go on while it runs, with at most `COMMITS_IN_FLIGHT_MAX` fdatasyncs in flight as in
+/// the log (beyond that the writer waits); without, the writer waits for each fdatasync (stop
+/// and wait, the lowest latency for the group). Each write's commit latency runs from its
+/// submission to the end of the fdatasync covering it; bandwidth counts the bytes made durable
+/// over the time.
+async fn raw_grouped(
+    path: &Path,
+    write_bytes: usize,
+    depth: usize,
+    group_bytes: usize,
+    overlap: bool,
+    step: u64,
+    secs: Duration,
+) -> Res<RawGrouped> {
+    use glommio::sync::Semaphore;
+    use iouring_storage::constants::COMMITS_IN_FLIGHT_MAX;
+    use std::cell::RefCell;
+
+    let file = open_dma(path).await?;
+    let len = file.align_up(write_bytes as u64) as usize;
+    let per_group = group_bytes.div_ceil(len).max(1);
+    let buf = Rc::new(pattern_buffer(&file, len));
+    let slots = Rc::new(Semaphore::new(depth as u64));
+    let hist = Rc::new(RefCell::new(latency_histogram()));
+    let mut syncs: VecDeque<glommio::Task<Res<()>>> = VecDeque::new();
+    let mut group: Vec<(Instant, glommio::Task<Res<usize>>)> = Vec::with_capacity(per_group);
+    let (mut pos, mut allocated) = (0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        let permit = slots.acquire_static_permit(1).await.ctx("write slot")?;
+        ensure_allocated(&file, &mut allocated, pos + len as u64, Some(step)).await?;
+        let (f, b) = (file.clone(), buf.clone());
+        let submitted = Instant::now();
+        group.push((
+            submitted,
+            glommio::spawn_local(async move {
+                let r = f.write_rc_at(b, pos).await.ctx(format!("raw write at {pos}"));
+                drop(permit);
+                r
+            }),
+        ));
+        pos += len as u64;
+        let done = start.elapsed() >= secs;
+        if group.len() == per_group || done {
+            let syncs_max = if overlap { COMMITS_IN_FLIGHT_MAX } else { 1 };
+            if syncs.len() >= syncs_max {
+                syncs.pop_front().expect("non-empty").await?;
+            }
+            let (f, h) = (file.clone(), hist.clone());
+            let writes = std::mem::take(&mut group);
+            syncs.push_back(glommio::spawn_local(async move {
+                let mut times = Vec::with_capacity(writes.len());
+                for (t, w) in writes {
+                    check_write(w.await, len)?;
+                    times.push(t);
+                }
+                f.fdatasync().await.ctx("raw grouped fdatasync")?;
+                let mut h = h.borrow_mut();
+                for t in times {
+                    h.saturating_record(t.elapsed().as_nanos() as u64);
+                }
+                Ok(())
+            }));
+            if !overlap {
+                syncs.pop_front().expect("just pushed").await?;
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    for s in syncs {
+        s.await?;
+    }
+    let elapsed = start.elapsed();
+    let commit = Pcts::of(&hist.borrow());
+    Ok(RawGrouped {
+        mbps: pos as f64 / elapsed.as_secs_f64() / 1e6,
+        commit,
+    })
+}
+
 /// What one log measurement observed.
 struct LogRun {
     mbps: f64,
@@ -462,7 +604,7 @@ struct ProducerStats {
 /// `concurrency` producers append `batch_bytes` batches to one fresh log in `dir` and wait for
 /// each to be durable, for `secs`. Asserts that every acknowledged offset is durable; with
 /// `read_back`, also reopens the log and reads every batch back.
-async fn run_log(s: &Settings, dir: &Path, batch_bytes: usize, read_back: bool) -> Res<LogRun> {
+async fn run_log(s: &Settings, dir: &Path, batch_bytes: usize, producers: usize, read_back: bool) -> Res<LogRun> {
     let config = s.log_config(dir, batch_bytes);
     let log = PartitionLog::open(config.clone()).await.ctx("opening the log")?;
     // One record per KiB, so offsets advance with the bytes as they would for small records.
@@ -476,7 +618,7 @@ async fn run_log(s: &Settings, dir: &Path, batch_bytes: usize, read_back: bool) 
     assert_eq!(batch.len(), batch_bytes);
     let secs = s.duration();
     let start = Instant::now();
-    let producers: Vec<_> = (0..s.concurrency)
+    let producers: Vec<_> = (0..producers)
         .map(|_| {
             let (log, batch) = (log.clone(), batch.clone());
             glommio::spawn_local(async move {
@@ -600,6 +742,36 @@ async fn measure(s: &Settings) -> Res<Measurements> {
         .collect();
     let mut context = ContextReps::default();
     let depth = s.writes_in_flight_max;
+    let frontier_on = s.frontier && s.batch_sizes.contains(&TARGET_BANDWIDTH_BATCH_BYTES);
+    let mut frontier: Vec<FrontierReps> = Vec::new();
+    let mut sweep: Vec<SweepReps> = Vec::new();
+    if frontier_on {
+        let (groups, depths) = if s.smoke {
+            (vec![1], vec![2])
+        } else {
+            (FRONTIER_GROUPS_MIB.to_vec(), FRONTIER_DEPTHS.to_vec())
+        };
+        for overlap in [false, true] {
+            for &g in &groups {
+                for &d in &depths {
+                    frontier.push(FrontierReps {
+                        group_bytes: g * TARGET_BANDWIDTH_BATCH_BYTES,
+                        depth: d,
+                        overlap,
+                        ..FrontierReps::default()
+                    });
+                }
+            }
+        }
+        sweep = s
+            .sweep
+            .iter()
+            .map(|&producers| SweepReps {
+                producers,
+                ..SweepReps::default()
+            })
+            .collect();
+    }
     let step = s.preallocate_step_bytes;
     let secs = s.duration();
     for rep in 0..s.reps {
@@ -614,12 +786,36 @@ async fn measure(s: &Settings) -> Res<Measurements> {
             sz.raw_fdatasync.push(raw_fdatasync(&d.path().join("fsync"), b, step, secs).await?);
             drop(d);
             let d = scratch(&s.dir, "log")?;
-            let run = run_log(s, d.path(), b, s.smoke).await?;
+            let run = run_log(s, d.path(), b, s.concurrency, s.smoke).await?;
             drop(d);
             sz.log_mbps.push(run.mbps);
             sz.commit.push(run.commit);
             sz.append.push(run.append);
             sz.batches_per_sync.push(run.batches_per_sync);
+        }
+        for f in frontier.iter_mut() {
+            eprintln!(
+                "rep {}/{}: raw durable frontier, fdatasync every {} MiB, {} in flight, overlapped: {}",
+                rep + 1,
+                s.reps,
+                f.group_bytes / TARGET_BANDWIDTH_BATCH_BYTES,
+                f.depth,
+                f.overlap
+            );
+            let d = scratch(&s.dir, "frontier")?;
+            let (path, w) = (d.path().join("f"), TARGET_BANDWIDTH_BATCH_BYTES);
+            let r = raw_grouped(&path, w, f.depth, f.group_bytes, f.overlap, step, secs).await?;
+            drop(d);
+            f.mbps.push(r.mbps);
+            f.commit.push(r.commit);
+        }
+        for w in sweep.iter_mut() {
+            eprintln!("rep {}/{}: log, 1 MiB batches, {} producers", rep + 1, s.reps, w.producers);
+            let d = scratch(&s.dir, "sweep")?;
+            let run = run_log(s, d.path(), TARGET_BANDWIDTH_BATCH_BYTES, w.producers, s.smoke).await?;
+            drop(d);
+            w.mbps.push(run.mbps);
+            w.commit.push(run.commit);
         }
         if !s.context {
             continue;
@@ -654,7 +850,13 @@ async fn measure(s: &Settings) -> Res<Measurements> {
     if let Some(sz) = sizes.iter().find(|sz| s.context && sz.batch_bytes == CONTEXT_WRITE_BYTES) {
         context.prealloc_log_depth = sz.raw_mbps.clone();
     }
-    Ok(Measurements { alignment, sizes, context })
+    Ok(Measurements {
+        alignment,
+        sizes,
+        context,
+        frontier,
+        sweep,
+    })
 }
 
 fn human_bytes(b: usize) -> String {
@@ -794,6 +996,82 @@ fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Val
         context_json = json!({ "disk_best_mbps": best, "rows": rows_json });
     }
 
+    let one_mib = m.sizes.iter().find(|sz| sz.batch_bytes == TARGET_BANDWIDTH_BATCH_BYTES);
+    // (bandwidth / raw, commit p99 / raw fdatasync p99) of the best point meeting the latency
+    // target, for the frontier and for the log's sweep.
+    let mut frontier_best: Option<(f64, f64)> = None;
+    let mut sweep_best: Option<(f64, f64, usize)> = None;
+    let mut frontier_json = Vec::new();
+    let mut sweep_json = Vec::new();
+    if let (Some(one), false) = (one_mib, m.frontier.is_empty() && m.sweep.is_empty()) {
+        let raw_mbps = median(&one.raw_mbps);
+        let raw_p99 = Pcts::median(&one.raw_fdatasync).p99;
+        let both = |bw: f64, p99: f64| bw >= TARGET_BANDWIDTH_RATIO_MIN && p99 <= TARGET_COMMIT_P99_RATIO_MAX;
+        let _ = writeln!(
+            md,
+            "\n### The disk's durable frontier, 1 MiB writes\n\n\
+             What any appender could get from this disk at a given grouping, with no log in the way: \
+             sequential 1 MiB writes, some in flight, an fdatasync after every group that waits for the \
+             group's writes. Stop and wait: the writer waits for each fdatasync. Overlapped: writes go on \
+             meanwhile, with at most {COMMITS_IN_FLIGHT} fdatasyncs in flight as in the log. Commit latency \
+             runs from a write's submission to the end of the fdatasync covering it. Ratios are against the 1 MiB raw bandwidth ({raw_mbps:.0} MB/s) and raw write+fdatasync \
+             p99 ({raw_p99:.0} µs) above.\n\n\
+             | writes | fdatasync every | in flight | MB/s | / raw | commit p50 / p99 | p99 / raw fdatasync p99 | both targets |\n\
+             |---|---:|---:|---:|---:|---:|---:|---|",
+            COMMITS_IN_FLIGHT = iouring_storage::constants::COMMITS_IN_FLIGHT_MAX
+        );
+        for f in &m.frontier {
+            let (mbps, c) = (median(&f.mbps), Pcts::median(&f.commit));
+            let (bw, p99) = (mbps / raw_mbps, c.p99 / raw_p99);
+            if p99 <= TARGET_COMMIT_P99_RATIO_MAX && frontier_best.is_none_or(|(b, _)| bw > b) {
+                frontier_best = Some((bw, p99));
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {mbps:.0} | {bw:.2} | {:.0} / {:.0} | {p99:.2} | {} |",
+                if f.overlap { "overlapped" } else { "stop and wait" },
+                human_bytes(f.group_bytes),
+                f.depth,
+                c.p50,
+                c.p99,
+                if both(bw, p99) { "met" } else { "-" }
+            );
+            frontier_json.push(json!({
+                "group_bytes": f.group_bytes, "in_flight": f.depth, "overlapped": f.overlap,
+                "mbps": { "median": mbps, "reps": f.mbps },
+                "commit_us": { "median": c.json(), "reps": f.commit.iter().map(Pcts::json).collect::<Vec<_>>() },
+                "bandwidth_to_raw": bw, "commit_p99_to_raw_fdatasync": p99,
+            }));
+        }
+        let _ = writeln!(
+            md,
+            "\n### The log at other producer counts, 1 MiB batches\n\n\
+             | producers | MB/s | / raw | commit p50 / p99 | p99 / raw fdatasync p99 | both targets |\n\
+             |---:|---:|---:|---:|---:|---|"
+        );
+        for w in &m.sweep {
+            let (mbps, c) = (median(&w.mbps), Pcts::median(&w.commit));
+            let (bw, p99) = (mbps / raw_mbps, c.p99 / raw_p99);
+            if p99 <= TARGET_COMMIT_P99_RATIO_MAX && sweep_best.is_none_or(|(b, _, _)| bw > b) {
+                sweep_best = Some((bw, p99, w.producers));
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {mbps:.0} | {bw:.2} | {:.0} / {:.0} | {p99:.2} | {} |",
+                w.producers,
+                c.p50,
+                c.p99,
+                if both(bw, p99) { "met" } else { "-" }
+            );
+            sweep_json.push(json!({
+                "producers": w.producers,
+                "mbps": { "median": mbps, "reps": w.mbps },
+                "commit_us": { "median": c.json(), "reps": w.commit.iter().map(Pcts::json).collect::<Vec<_>>() },
+                "bandwidth_to_raw": bw, "commit_p99_to_raw_fdatasync": p99,
+            }));
+        }
+    }
+
     let _ = writeln!(md, "\n### Targets\n\n| target | measured | goal | result |\n|---|---:|---:|---|");
     let mut targets_json = Vec::new();
     if let Some(sz) = m.sizes.iter().find(|sz| sz.batch_bytes == TARGET_BANDWIDTH_BATCH_BYTES) {
@@ -818,6 +1096,33 @@ fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Val
         );
         targets_json.push(json!({ "target": "commit_p99_ratio", "batch_bytes": sz.batch_bytes, "measured": ratio, "goal_max": TARGET_COMMIT_P99_RATIO_MAX, "pass": ok }));
     }
+    // Both 1 MiB targets at one operating point: the log's best over its producer sweep, and
+    // beside it what the disk itself allows (the frontier's best), which bounds any appender.
+    let best_rows = [
+        (
+            "log, best producer count",
+            sweep_best.map(|(bw, _, n)| (bw, format!(" ({n} producers)"))),
+        ),
+        (
+            "disk's durable frontier, best grouping",
+            frontier_best.map(|(bw, _)| (bw, String::new())),
+        ),
+    ];
+    for (what, best) in best_rows {
+        if m.frontier.is_empty() && m.sweep.is_empty() {
+            break;
+        }
+        let measured = best
+            .as_ref()
+            .map_or("none within".to_owned(), |(bw, note)| format!("{bw:.2}{note}"));
+        let ok = best.as_ref().is_some_and(|(bw, _)| *bw >= TARGET_BANDWIDTH_RATIO_MIN);
+        let _ = writeln!(
+            md,
+            "| 1 MiB bandwidth / raw with commit p99 <= {TARGET_COMMIT_P99_RATIO_MAX:.1}x raw fdatasync p99: {what} | {measured} | >= {TARGET_BANDWIDTH_RATIO_MIN:.2} | {} |",
+            pass(ok)
+        );
+        targets_json.push(json!({ "target": "bandwidth_1mib_ratio_within_commit_p99", "of": what, "measured": best.map(|(bw, _)| bw), "goal_min": TARGET_BANDWIDTH_RATIO_MIN, "pass": ok }));
+    }
 
     let json = json!({
         "bench": "append_throughput",
@@ -837,6 +1142,8 @@ fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Val
         },
         "sizes": sizes_json,
         "raw_1mib_context": context_json,
+        "durable_frontier_1mib": frontier_json,
+        "log_producer_sweep_1mib": sweep_json,
         "targets": targets_json,
     });
     (md, json)
