@@ -1094,10 +1094,15 @@ impl PartitionLog {
         if bases.is_empty() {
             return Ok(());
         }
-        {
+        let removed: Vec<Segment> = {
             let mut st = self.state_mut();
-            for b in bases {
-                st.segments.remove(b);
+            bases.iter().filter_map(|b| st.segments.remove(b)).collect()
+        };
+        // Closed before the unlink, so that the unlink, on the blocking thread, is what frees
+        // the blocks. A read still holding the file closes it later, on this thread.
+        for seg in removed {
+            if let Ok(file) = Rc::try_unwrap(seg.file) {
+                let _ = file.close().await;
             }
         }
         let dir = self.dir().to_owned();
@@ -1110,11 +1115,7 @@ impl PartitionLog {
                 segment::time_index_path(&dir, b),
                 producer_state::snapshot_path(&dir, b),
             ] {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("deleting segment file", path, e)),
-                }
+                segment::remove_file(path).await?;
             }
         }
         segment::sync_dir(&dir).await

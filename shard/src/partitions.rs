@@ -474,10 +474,19 @@ impl Partitions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(storage("renaming deleted partition", dir, e)),
         }
-        std::fs::File::open(&self.data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| storage("syncing data directory", self.data_dir.clone(), e))?;
-        std::fs::remove_dir_all(&doomed).map_err(|e| storage("deleting partition", doomed, e))
+        // On the executor's blocking thread: freeing a segment's blocks can take hundreds of
+        // milliseconds (see `iouring_storage`'s `remove_file`), which this shard's other
+        // partitions must not wait for.
+        let data_dir = self.data_dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                std::fs::File::open(&data_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| ("syncing data directory", data_dir, e))?;
+                std::fs::remove_dir_all(&doomed).map_err(|e| ("deleting partition", doomed, e))
+            })
+            .await
+            .map_err(|(op, path, e)| storage(op, path, e))
     }
 
     /// Applies retention to every open partition; errors are logged per partition.
