@@ -693,25 +693,35 @@ impl PartitionLog {
             };
             (seg.file.clone(), seg.base_offset, seg.data_bytes, summary, seg.index.clone())
         };
-        // Give back the preallocated tail, so a sealed segment's size is its data.
-        file.truncate(data_bytes)
-            .await
-            .map_err(|e| self.poison(format!("truncating sealed segment {base}: {e}")))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| self.poison(format!("fdatasync of sealed segment {base}: {e}")))?;
-        segment::store_index(&dir, base, &index, summary)
-            .await
-            .map_err(|e| self.poison(format!("writing index of segment {base}: {e}")))?;
-
         let new_base = self.state().log_end;
         // The producer state as of the new segment's base, so that opening the log replays only
-        // the active segment. Made durable before the new segment exists (the directory fsync
-        // below covers its name).
+        // the active segment.
         let snapshot = self.state().producers.encode(new_base);
-        segment::write_file_durably(&producer_state::snapshot_path(&dir, new_base), &snapshot)
+        // Three independent durable writes, run at once (each waits on its own fdatasync), all
+        // finished before the new segment exists (the directory fsync below covers the names):
+        // the sealed segment cut to its data (giving back the preallocated tail), its index
+        // files, and the producer snapshot.
+        let seal = async {
+            file.truncate(data_bytes)
+                .await
+                .map_err(|e| format!("truncating sealed segment {base}: {e}"))?;
+            file.fdatasync()
+                .await
+                .map_err(|e| format!("fdatasync of sealed segment {base}: {e}"))
+        };
+        let index = async {
+            segment::store_index(&dir, base, &index, summary)
+                .await
+                .map_err(|e| format!("writing index of segment {base}: {e}"))
+        };
+        let snapshot = async {
+            segment::write_file_durably(&producer_state::snapshot_path(&dir, new_base), &snapshot)
+                .await
+                .map_err(|e| format!("writing producer snapshot at {new_base}: {e}"))
+        };
+        futures_lite::future::try_zip(seal, futures_lite::future::try_zip(index, snapshot))
             .await
-            .map_err(|e| self.poison(format!("writing producer snapshot at {new_base}: {e}")))?;
+            .map_err(|cause| self.poison(cause))?;
         let new_file = segment::open_data_file(&segment::log_path(&dir, new_base), true)
             .await
             .map_err(|e| self.poison(e.to_string()))?;
@@ -962,7 +972,7 @@ impl PartitionLog {
     /// at or below the current start changes nothing; one beyond the durable end (the high
     /// watermark) is refused. Returns the log start afterwards.
     pub async fn delete_records_before(&self, offset: u64) -> Result<u64> {
-        let _permit = self.lock().await?;
+        let permit = self.lock().await?;
         self.check_writable()?;
         let (log_start, durable_end, log_end) = {
             let st = self.state();
@@ -992,8 +1002,10 @@ impl PartitionLog {
                 .map(|s| s.base_offset)
                 .collect()
         };
-        self.delete_segments(&doomed).await?;
+        let removed = self.detach_segments(&doomed);
         self.forget_aborted_below_start();
+        drop(permit);
+        self.delete_segment_files(removed).await?;
         tracing::info!(target: "iouring_storage", dir = %self.dir().display(), log_start = offset, segments_deleted = doomed.len(), "records deleted");
         Ok(offset)
     }
@@ -1001,7 +1013,7 @@ impl PartitionLog {
     /// Deletes sealed segments beyond `retention_bytes` (oldest first, never below the limit)
     /// and those whose newest batch is older than `retention_ms`. Returns the deleted bases.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<Vec<u64>> {
-        let _permit = self.lock().await?;
+        let permit = self.lock().await?;
         let doomed: Vec<u64> = {
             let cfg = self.cfg();
             let st = self.state();
@@ -1021,8 +1033,11 @@ impl PartitionLog {
             }
             doomed
         };
-        self.delete_segments(&doomed).await?;
+        let removed = self.detach_segments(&doomed);
         self.forget_aborted_below_start();
+        // Appends go on while the files go: their bases are below the log start for good.
+        drop(permit);
+        self.delete_segment_files(removed).await?;
         if !doomed.is_empty() {
             tracing::info!(target: "iouring_storage", dir = %self.dir().display(), segments = doomed.len(), log_start = self.offsets().log_start, "retention deleted segments");
         }
@@ -1091,13 +1106,24 @@ impl PartitionLog {
 
     /// Removes segments from the map first (readers stop seeing them), then their files.
     async fn delete_segments(&self, bases: &[u64]) -> Result<()> {
-        if bases.is_empty() {
+        let removed = self.detach_segments(bases);
+        self.delete_segment_files(removed).await
+    }
+
+    /// Takes sealed segments out of the log (caller holds the append lock), so that no read or
+    /// append finds them; `delete_segment_files` then deletes their files. That second step
+    /// needs the lock only when a base may come back (truncation): retention and delete
+    /// records take segments below the log start, whose bases are never used again.
+    fn detach_segments(&self, bases: &[u64]) -> Vec<Segment> {
+        let mut st = self.state_mut();
+        bases.iter().filter_map(|b| st.segments.remove(b)).collect()
+    }
+
+    async fn delete_segment_files(&self, removed: Vec<Segment>) -> Result<()> {
+        if removed.is_empty() {
             return Ok(());
         }
-        let removed: Vec<Segment> = {
-            let mut st = self.state_mut();
-            bases.iter().filter_map(|b| st.segments.remove(b)).collect()
-        };
+        let bases: Vec<u64> = removed.iter().map(|s| s.base_offset).collect();
         // Closed before the unlink, so that the unlink, on the blocking thread, is what frees
         // the blocks. A read still holding the file closes it later, on this thread.
         for seg in removed {
@@ -1106,7 +1132,7 @@ impl PartitionLog {
             }
         }
         let dir = self.dir().to_owned();
-        for &b in bases {
+        for b in bases {
             // A sealed segment's snapshot goes with it; the newest, at the active segment's
             // base, stays.
             for path in [

@@ -280,12 +280,12 @@ pub(crate) async fn load_index(
 /// Writes both index files of a segment durably.
 pub(crate) async fn store_index(dir: &Path, base_offset: u64, index: &SegmentIndex, summary: SegmentSummary) -> Result<()> {
     let (offsets, times) = index.encode(summary);
-    write_file_durably(&index_path(dir, base_offset), &offsets).await?;
-    write_file_durably(&time_index_path(dir, base_offset), &times).await?;
+    let (offsets_path, times_path) = (index_path(dir, base_offset), time_index_path(dir, base_offset));
+    // Both at once: each is a write and an fdatasync of its own file.
+    futures_lite::future::try_zip(write_file_durably(&offsets_path, &offsets), write_file_durably(&times_path, &times)).await?;
     Ok(())
 }
 
-/// fsync of the partition directory, so that created, renamed and removed names are durable.
 /// Removes a file on the executor's blocking thread, never the reactor's: on ext4 the unlink
 /// that frees a file's blocks is slow (with online discard, 15 ms for 64 MiB and 260 ms for
 /// 1 GiB on the CI machine), time every partition and connection of the shard would otherwise
@@ -300,6 +300,7 @@ pub(crate) async fn remove_file(path: PathBuf) -> Result<()> {
     }
 }
 
+/// fsync of the partition directory, so that created, renamed and removed names are durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     let d = glommio::io::Directory::open(dir)
         .await
