@@ -188,6 +188,9 @@ struct Inner {
     config: RefCell<LogConfig>,
     state: RefCell<State>,
     append_lock: Semaphore,
+    /// Held while detached segments' files are deleted outside the append lock; truncation
+    /// takes it after the append lock, so no name it makes free again is still being deleted.
+    deleting: Semaphore,
     durable_changed: Notify,
     seal_listener: RefCell<Option<SealListener>>,
 }
@@ -220,6 +223,7 @@ impl PartitionLog {
                 config: RefCell::new(config),
                 state: RefCell::new(state.into_state()),
                 append_lock: Semaphore::new(1),
+                deleting: Semaphore::new(1),
                 durable_changed: Notify::default(),
                 seal_listener: RefCell::new(None),
             }),
@@ -353,6 +357,13 @@ impl PartitionLog {
             dir: self.dir().to_owned(),
             cause,
         }
+    }
+
+    /// The `deleting` permit; taken only while holding the append lock, so the order is fixed.
+    async fn deleting(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner.deleting.acquire_permit(1).await.map_err(|_| Error::Closed {
+            dir: self.dir().to_owned(),
+        })
     }
 
     async fn lock(&self) -> Result<glommio::sync::Permit<'_>> {
@@ -1004,8 +1015,10 @@ impl PartitionLog {
         };
         let removed = self.detach_segments(&doomed);
         self.forget_aborted_below_start();
+        let deleting = self.deleting().await?;
         drop(permit);
         self.delete_segment_files(removed).await?;
+        drop(deleting);
         tracing::info!(target: "iouring_storage", dir = %self.dir().display(), log_start = offset, segments_deleted = doomed.len(), "records deleted");
         Ok(offset)
     }
@@ -1035,9 +1048,12 @@ impl PartitionLog {
         };
         let removed = self.detach_segments(&doomed);
         self.forget_aborted_below_start();
-        // Appends go on while the files go: their bases are below the log start for good.
+        // Appends go on while the files go: their bases are below the log start, which only a
+        // truncation below it can lower, and truncation waits for `deleting`.
+        let deleting = self.deleting().await?;
         drop(permit);
         self.delete_segment_files(removed).await?;
+        drop(deleting);
         if !doomed.is_empty() {
             tracing::info!(target: "iouring_storage", dir = %self.dir().display(), segments = doomed.len(), log_start = self.offsets().log_start, "retention deleted segments");
         }
@@ -1113,7 +1129,8 @@ impl PartitionLog {
     /// Takes sealed segments out of the log (caller holds the append lock), so that no read or
     /// append finds them; `delete_segment_files` then deletes their files. That second step
     /// needs the lock only when a base may come back (truncation): retention and delete
-    /// records take segments below the log start, whose bases are never used again.
+    /// records take segments below the log start, and run it under `deleting` instead, which
+    /// truncation (the one way below the log start) waits for.
     fn detach_segments(&self, bases: &[u64]) -> Vec<Segment> {
         let mut st = self.state_mut();
         bases.iter().filter_map(|b| st.segments.remove(b)).collect()
@@ -1152,6 +1169,7 @@ impl PartitionLog {
     /// first removed batch. Durable before it returns.
     pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
         let _permit = self.lock().await?;
+        let _deleting = self.deleting().await?;
         self.check_writable()?;
         if offset >= self.state().log_end {
             return Ok(self.state().log_end);
