@@ -314,6 +314,48 @@ fn retention_deletes_whole_old_segments_by_size_and_by_age() {
     });
 }
 
+/// Retention deletes its files after letting go of the append lock. Appends and a truncation
+/// issued while it runs still land in order (the truncation waits for the deletion), and the
+/// log reads back, before and after reopening, with none of the deleted files left.
+#[test]
+fn appends_and_a_truncation_during_retention_keep_the_log_whole() {
+    run_in_dir(|path| async move {
+        let mut cfg = small_config(&path);
+        cfg.retention_bytes = Some(300 * 1024);
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_range(&log, 0, 800).await;
+        let retention = glommio::spawn_local({
+            let log = log.clone();
+            async move { log.enforce_retention(0).await.unwrap() }
+        });
+        // Issued while the retention task runs: it yields at its first I/O.
+        let during = append_range(&log, 800, 810).await;
+        let cut = written[790].0;
+        assert_eq!(log.truncate_to(cut).await.unwrap(), cut);
+        let after = append_range(&log, 900, 905).await;
+        let deleted = retention.await;
+        assert!(!deleted.is_empty());
+        for b in &deleted {
+            for ext in ["log", "index", "timeindex"] {
+                assert!(!path.join(format!("{b:020}.{ext}")).exists(), "{b}.{ext} deleted");
+            }
+        }
+        let start = log.offsets().log_start;
+        assert!(start > 0 && start <= cut);
+        let expected: Vec<(u64, Vec<u8>)> = written
+            .into_iter()
+            .chain(during)
+            .filter(|(b, _)| (start..cut).contains(b))
+            .chain(after)
+            .collect();
+        assert_eq!(read_all(&log).await, expected);
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(log.offsets().log_start, start);
+        assert_eq!(read_all(&log).await, expected);
+    });
+}
+
 #[test]
 fn timestamp_search_finds_the_first_batch_at_or_after() {
     run_in_dir(|path| async move {
