@@ -1158,7 +1158,7 @@ impl PartitionLog {
                 segment::time_index_path(&dir, b),
                 producer_state::snapshot_path(&dir, b),
             ] {
-                segment::remove_file(path).await?;
+                segment::remove_file("deleting segment file", path).await?;
             }
         }
         segment::sync_dir(&dir).await

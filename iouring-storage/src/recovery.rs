@@ -11,6 +11,7 @@
 //! below it are deleted.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
@@ -111,11 +112,7 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
                 segment::index_path(dir, base),
                 segment::time_index_path(dir, base),
             ] {
-                match std::fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("deleting segment after corruption", p, e)),
-                }
+                segment::remove_file("deleting segment after corruption", p).await?;
             }
         }
     }
@@ -202,18 +199,19 @@ async fn recover_log_start(dir: &Path, segments: &mut Vec<RecoveredSegment>) -> 
         .take(segments.len() - 1)
         .take_while(|s| s.next_offset <= start)
         .count();
-    for s in segments.drain(..below) {
+    let doomed: Vec<RecoveredSegment> = segments.drain(..below).collect();
+    for s in doomed {
+        // Closed first, so that the unlink frees the blocks (see `segment::remove_file`).
+        if let Ok(file) = Rc::try_unwrap(s.file) {
+            let _ = file.close().await;
+        }
         for p in [
             segment::log_path(dir, s.base_offset),
             segment::index_path(dir, s.base_offset),
             segment::time_index_path(dir, s.base_offset),
             crate::producer_state::snapshot_path(dir, s.base_offset),
         ] {
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("deleting segment below the log start", p, e)),
-            }
+            segment::remove_file("deleting segment below the log start", p).await?;
         }
     }
     if below > 0 {

@@ -290,13 +290,13 @@ pub(crate) async fn store_index(dir: &Path, base_offset: u64, index: &SegmentInd
 /// that frees a file's blocks is slow (with online discard, 15 ms for 64 MiB and 260 ms for
 /// 1 GiB on the CI machine), time every partition and connection of the shard would otherwise
 /// wait. Close the file first, or the blocks are freed at its last close instead. A file that
-/// is already gone is not an error.
-pub(crate) async fn remove_file(path: PathBuf) -> Result<()> {
+/// is already gone is not an error; `op` names the deletion in any other.
+pub(crate) async fn remove_file(op: &'static str, path: PathBuf) -> Result<()> {
     let p = path.clone();
     match glommio::executor().spawn_blocking(move || std::fs::remove_file(p)).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("deleting segment file", path, e)),
+        Err(e) => Err(Error::io(op, path, e)),
     }
 }
 
