@@ -503,8 +503,9 @@ struct RawGrouped {
 /// writes go on while it runs, with at most `COMMITS_IN_FLIGHT_MAX` fdatasyncs in flight as in
 /// the log (beyond that the writer waits); without, the writer waits for each fdatasync (stop
 /// and wait, the lowest latency for the group). Each write's commit latency runs from its
-/// submission to the end of the fdatasync covering it; bandwidth counts the bytes made durable
-/// over the time.
+/// submission to the end of the fdatasync covering it; time spent waiting for a write slot is
+/// not counted, so these latencies flatter the disk, if anything. Bandwidth counts the bytes
+/// made durable over the time.
 async fn raw_grouped(
     path: &Path,
     write_bytes: usize,
