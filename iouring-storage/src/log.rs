@@ -1140,26 +1140,11 @@ impl PartitionLog {
         if removed.is_empty() {
             return Ok(());
         }
-        let bases: Vec<u64> = removed.iter().map(|s| s.base_offset).collect();
-        // Closed before the unlink, so that the unlink, on the blocking thread, is what frees
-        // the blocks. A read still holding the file closes it later, on this thread.
-        for seg in removed {
-            if let Ok(file) = Rc::try_unwrap(seg.file) {
-                let _ = file.close().await;
-            }
-        }
         let dir = self.dir().to_owned();
-        for b in bases {
-            // A sealed segment's snapshot goes with it; the newest, at the active segment's
-            // base, stays.
-            for path in [
-                segment::log_path(&dir, b),
-                segment::index_path(&dir, b),
-                segment::time_index_path(&dir, b),
-                producer_state::snapshot_path(&dir, b),
-            ] {
-                segment::remove_file("deleting segment file", path).await?;
-            }
+        // A sealed segment's snapshot goes with it; the newest, at the active segment's base,
+        // stays.
+        for seg in removed {
+            segment::delete_segment("deleting segment file", &dir, seg.base_offset, seg.file).await?;
         }
         segment::sync_dir(&dir).await
     }

@@ -11,7 +11,6 @@
 //! below it are deleted.
 
 use std::path::Path;
-use std::rc::Rc;
 
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
@@ -201,18 +200,7 @@ async fn recover_log_start(dir: &Path, segments: &mut Vec<RecoveredSegment>) -> 
         .count();
     let doomed: Vec<RecoveredSegment> = segments.drain(..below).collect();
     for s in doomed {
-        // Closed first, so that the unlink frees the blocks (see `segment::remove_file`).
-        if let Ok(file) = Rc::try_unwrap(s.file) {
-            let _ = file.close().await;
-        }
-        for p in [
-            segment::log_path(dir, s.base_offset),
-            segment::index_path(dir, s.base_offset),
-            segment::time_index_path(dir, s.base_offset),
-            crate::producer_state::snapshot_path(dir, s.base_offset),
-        ] {
-            segment::remove_file("deleting segment below the log start", p).await?;
-        }
+        segment::delete_segment("deleting segment below the log start", dir, s.base_offset, s.file).await?;
     }
     if below > 0 {
         tracing::info!(target: "iouring_storage", dir = %dir.display(), segments = below, log_start = start, "deleted segments below the log start");

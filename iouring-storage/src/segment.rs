@@ -300,6 +300,24 @@ pub(crate) async fn remove_file(op: &'static str, path: PathBuf) -> Result<()> {
     }
 }
 
+/// Deletes a whole segment: its data file (closed first when nothing else holds it, so that the
+/// unlink is what frees the blocks; a read still holding it closes it later), both index files
+/// and the producer snapshot taken at its base. The caller syncs the directory.
+pub(crate) async fn delete_segment(op: &'static str, dir: &Path, base_offset: u64, file: Rc<DmaFile>) -> Result<()> {
+    if let Ok(file) = Rc::try_unwrap(file) {
+        let _ = file.close().await;
+    }
+    for path in [
+        log_path(dir, base_offset),
+        index_path(dir, base_offset),
+        time_index_path(dir, base_offset),
+        crate::producer_state::snapshot_path(dir, base_offset),
+    ] {
+        remove_file(op, path).await?;
+    }
+    Ok(())
+}
+
 /// fsync of the partition directory, so that created, renamed and removed names are durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     let d = glommio::io::Directory::open(dir)
