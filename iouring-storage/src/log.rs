@@ -738,11 +738,15 @@ impl PartitionLog {
             .map_err(|e| self.poison(e.to_string()))?;
         // No preallocation yet: the first write grows the file (see `flush_locked`).
         segment::sync_dir(&dir).await.map_err(|e| self.poison(e.to_string()))?;
+        let capacity = self.cfg().write_buffer_bytes;
+        let writer = Writer::open(new_file.clone(), capacity, 0, 0)
+            .await
+            .map_err(|e| self.poison(format!("sizing the write alignment of segment {new_base}: {e}")))?;
 
         let info = {
             let mut st = self.state_mut();
             let sealed = st.active().info(&dir);
-            st.writer = Writer::new(new_file.clone(), self.cfg().write_buffer_bytes, 0, &[], 0);
+            st.writer = writer;
             st.segments.insert(
                 new_base,
                 Segment {
@@ -1222,15 +1226,10 @@ impl PartitionLog {
                 .await
                 .map_err(|e| self.poison(format!("persisting log start offset {new_end}: {e}")))?;
         }
-        let tail = if cut_pos % file.alignment() == 0 {
-            Vec::new()
-        } else {
-            let from = cut_pos - cut_pos % file.alignment();
-            file.read_at(from, (cut_pos - from) as usize)
-                .await
-                .map_err(|e| Error::io("reading tail block", &path, e))?
-                .to_vec()
-        };
+        let capacity = self.cfg().write_buffer_bytes;
+        let writer = Writer::open(file.clone(), capacity, cut_pos, cut_pos)
+            .await
+            .map_err(|e| Error::io("reading tail block", &path, e))?;
         let replay: Vec<producer_state::ReplaySegment> = {
             let mut st = self.state_mut();
             st.truncations += 1;
@@ -1240,7 +1239,7 @@ impl PartitionLog {
             st.log_end = new_end;
             st.durable_end = new_end;
             st.commit_covers = new_end;
-            st.writer = Writer::new(file.clone(), self.cfg().write_buffer_bytes, cut_pos, &tail, cut_pos);
+            st.writer = writer;
             let seg = st.segments.get_mut(&base).expect("segment kept");
             seg.data_bytes = cut_pos;
             seg.durable_bytes = cut_pos;

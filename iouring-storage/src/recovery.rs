@@ -145,21 +145,10 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
     segment::sync_dir(dir).await?;
 
     let path = segment::log_path(dir, active.base_offset);
-    let data_end = active.data_bytes;
-    let align = active.file.alignment();
-    let from = data_end - data_end % align;
-    let tail = if from == data_end {
-        Vec::new()
-    } else {
-        active
-            .file
-            .read_at(from, (data_end - from) as usize)
-            .await
-            .map_err(|e| Error::io("reading tail block", &path, e))?
-            .to_vec()
-    };
     let allocated = active.file.file_size().await.map_err(|e| Error::io("sizing segment", &path, e))?;
-    let writer = Writer::new(active.file.clone(), config.write_buffer_bytes, data_end, &tail, allocated);
+    let writer = Writer::open(active.file.clone(), config.write_buffer_bytes, active.data_bytes, allocated)
+        .await
+        .map_err(|e| Error::io("reading tail block", &path, e))?;
     let log_end = active.next_offset;
     // Snapshots above the recovered end describe data a crash or corruption took back.
     crate::producer_state::remove_snapshots_above(dir, log_end)?;

@@ -1,9 +1,17 @@
 //! The active segment's write pipeline: an aligned staging buffer and the writes in flight.
 //!
 //! Appends copy batches into the buffer. A full buffer is written whole; a commit writes the
-//! dirty tail rounded up to the device alignment (zero padded) and starts a fresh buffer that
-//! begins with the partial last block, so the next write rewrites that block. Two writes that
-//! cover the same block are never in flight together: io_uring does not order them.
+//! dirty tail rounded up to the write alignment (zero padded). The partial last block it leaves
+//! becomes the head: later bytes complete it first, and it is rewritten by a write of its own,
+//! one block long, while the bytes after it go in a buffer that starts on the next block. Two
+//! writes that cover the same block are never in flight together: io_uring does not order them.
+//!
+//! Why the head is written apart, and why the alignment is the filesystem block: a direct
+//! write on ext4 that spans a block already written and preallocated (unwritten) blocks after
+//! it, or that does not cover whole filesystem blocks of an unwritten extent, needs the inode
+//! lock exclusively. io_uring cannot take it without blocking, so it punts the write to an
+//! io-wq worker thread, which wakes up on the shard's core for every commit. Whole-block writes
+//! that each stay within written or within preallocated blocks are issued inline.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -15,6 +23,7 @@ use crate::notify::Notify;
 
 /// One write submitted to io_uring, observable by any number of waiters.
 pub(crate) struct WriteOp {
+    pub(crate) start: u64,
     pub(crate) end: u64,
     result: RefCell<Option<std::result::Result<(), String>>>,
     done: Notify,
@@ -43,6 +52,7 @@ impl WriteOp {
     pub(crate) fn submit(file: Rc<DmaFile>, buf: DmaBuffer, pos: u64) -> Rc<WriteOp> {
         let len = buf.len();
         let op = Rc::new(WriteOp {
+            start: pos,
             end: pos + len as u64,
             result: RefCell::new(None),
             done: Notify::default(),
@@ -62,55 +72,90 @@ impl WriteOp {
     }
 }
 
+/// The alignment of every write: the device's O_DIRECT alignment, raised to the filesystem
+/// block when that is a larger power of two that divides the write buffer (see the module
+/// comment for why).
+pub(crate) async fn write_alignment(file: &DmaFile, capacity: usize) -> std::io::Result<u64> {
+    let device = file.alignment();
+    let fs_block = u64::from(file.stat().await?.fs_cluster_size);
+    let raised = fs_block.is_power_of_two() && fs_block > device && capacity as u64 % fs_block == 0;
+    Ok(if raised { fs_block } else { device })
+}
+
 /// Write state of the active segment. Only touched under the log's append lock.
+///
+/// The data not yet written in full starts at `pos`, an aligned file position. When a write
+/// already covered part of the block at `pos` (`head_flushed > 0`), that block is the head and
+/// `buf` starts one block later; otherwise there is no head and `buf` starts at `pos`.
 pub(crate) struct Writer {
     pub(crate) file: Rc<DmaFile>,
-    pub(crate) align: u64,
+    align: u64,
     capacity: usize,
+    pos: u64,
+    /// One block: the head's bytes.
+    head: DmaBuffer,
+    head_len: usize,
+    /// Leading bytes of the head already on their way to disk; 0 when there is no head.
+    head_flushed: usize,
     buf: DmaBuffer,
-    /// Aligned file position of `buf[0]`.
-    pub(crate) buf_pos: u64,
-    pub(crate) buf_len: usize,
-    /// Leading bytes of `buf` already on their way to disk.
-    flushed_len: usize,
+    buf_len: usize,
     /// File size after preallocation.
     pub(crate) allocated: u64,
     pub(crate) in_flight: VecDeque<Rc<WriteOp>>,
 }
 
 impl Writer {
-    /// A writer whose data ends at `data_end`; `tail` holds the bytes of the partial last
-    /// block, from `align_down(data_end)`.
-    pub(crate) fn new(file: Rc<DmaFile>, capacity: usize, data_end: u64, tail: &[u8], allocated: u64) -> Writer {
-        let align = file.alignment();
+    /// A writer for `file`, whose data ends at `data_end` and which is `allocated` bytes long.
+    /// Reads back the partial last block, if any, to rewrite it.
+    pub(crate) async fn open(file: Rc<DmaFile>, capacity: usize, data_end: u64, allocated: u64) -> std::io::Result<Writer> {
+        let align = write_alignment(&file, capacity).await?;
         assert!(
             capacity as u64 % align == 0,
-            "write buffer must be a multiple of the device alignment {align}"
+            "write buffer must be a multiple of the write alignment {align}"
         );
-        let buf_pos = data_end - data_end % align;
-        assert_eq!(tail.len() as u64, data_end - buf_pos);
-        let mut buf = file.alloc_dma_buffer(capacity);
-        buf.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
-        Writer {
+        let pos = data_end - data_end % align;
+        let head_len = (data_end - pos) as usize;
+        let mut head = file.alloc_dma_buffer(align as usize);
+        if head_len > 0 {
+            let tail = file.read_at(pos, head_len).await?;
+            assert_eq!(tail.len(), head_len, "tail block read short");
+            head.as_bytes_mut()[..head_len].copy_from_slice(&tail);
+        }
+        let buf = file.alloc_dma_buffer(capacity);
+        Ok(Writer {
             file,
             align,
             capacity,
+            pos,
+            head,
+            head_len,
+            head_flushed: head_len,
             buf,
-            buf_pos,
-            buf_len: tail.len(),
-            flushed_len: tail.len(),
+            buf_len: 0,
             allocated,
             in_flight: VecDeque::new(),
+        })
+    }
+
+    fn has_head(&self) -> bool {
+        self.head_flushed > 0
+    }
+
+    fn buf_pos(&self) -> u64 {
+        if self.has_head() {
+            self.pos + self.align
+        } else {
+            self.pos
         }
     }
 
     /// Logical end of the data: everything appended so far.
     pub(crate) fn data_end(&self) -> u64 {
-        self.buf_pos + self.buf_len as u64
-    }
-
-    pub(crate) fn room(&self) -> usize {
-        self.capacity - self.buf_len
+        if self.buf_len > 0 || !self.has_head() {
+            self.buf_pos() + self.buf_len as u64
+        } else {
+            self.pos + self.head_len as u64
+        }
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -118,36 +163,58 @@ impl Writer {
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
-        self.buf_len > self.flushed_len
+        self.buf_len > 0 || self.head_len > self.head_flushed
     }
 
-    /// Copies as much of `data` as fits; returns how much.
+    /// Copies as much of `data` as fits: into the head until it is a whole block, then into
+    /// the buffer. Returns how much.
     pub(crate) fn copy_in(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.room());
+        let mut copied = 0;
+        if self.has_head() {
+            let n = data.len().min(self.align as usize - self.head_len);
+            self.head.as_bytes_mut()[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
+            self.head_len += n;
+            copied = n;
+            if self.head_len < self.align as usize {
+                return copied;
+            }
+        }
+        let data = &data[copied..];
+        let n = data.len().min(self.capacity - self.buf_len);
         self.buf.as_bytes_mut()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
         self.buf_len += n;
-        n
+        copied + n
     }
 
-    /// The file end the next write reaches.
+    /// The file end the next submit's writes reach.
     pub(crate) fn next_write_end(&self) -> u64 {
-        self.buf_pos + self.padded_len() as u64
+        if self.buf_len > 0 {
+            self.buf_pos() + self.padded(self.buf_len) as u64
+        } else {
+            self.pos + self.align
+        }
     }
 
-    fn padded_len(&self) -> usize {
+    fn padded(&self, len: usize) -> usize {
         let a = self.align as usize;
-        self.buf_len.div_ceil(a) * a
+        len.div_ceil(a) * a
     }
 
-    /// The in-flight write the next write must wait for, if any: one covering the block where
-    /// the next write starts, or the oldest when the in-flight bound is reached.
+    /// How many writes the next submit issues: the head's, the buffer's, or both.
+    fn writes_next(&self) -> usize {
+        usize::from(self.head_len > self.head_flushed) + usize::from(self.buf_len > 0)
+    }
+
+    /// The in-flight write the next submit must wait for, if any: one covering the block where
+    /// the next submit starts writing, or the oldest while the next submit's writes would pass
+    /// the in-flight bound.
     pub(crate) fn must_wait_for(&self, in_flight_max: usize) -> Option<Rc<WriteOp>> {
         if let Some(last) = self.in_flight.back() {
-            if last.end > self.buf_pos && !last.is_done() {
+            if last.end > self.pos && !last.is_done() {
                 return Some(last.clone());
             }
         }
-        if self.in_flight.len() >= in_flight_max {
+        if self.in_flight.len() + self.writes_next() > in_flight_max {
             return self.in_flight.front().cloned();
         }
         None
@@ -167,27 +234,140 @@ impl Writer {
         Ok(())
     }
 
-    /// Submits the buffer (rounded up to the alignment, zero padded) and starts a new one with
-    /// the partial last block. The caller has already waited per `must_wait_for`.
+    /// Submits the dirty head (one block, zero padded) and the buffer (rounded up to the
+    /// alignment, zero padded) as separate writes; the partial last block becomes the new head.
+    /// The caller has already waited per `must_wait_for`.
     pub(crate) fn submit(&mut self) {
         let a = self.align as usize;
-        let padded = self.padded_len();
+        if self.head_len > self.head_flushed {
+            // The head keeps taking appends after this write, so the write gets a copy.
+            let mut block = self.file.alloc_dma_buffer(a);
+            block.as_bytes_mut()[..self.head_len].copy_from_slice(&self.head.as_bytes()[..self.head_len]);
+            block.as_bytes_mut()[self.head_len..].fill(0);
+            self.start_write(block, self.pos);
+            self.head_flushed = self.head_len;
+        }
+        if self.buf_len == 0 {
+            if self.head_len == a {
+                self.pos += self.align;
+                self.head_len = 0;
+                self.head_flushed = 0;
+            }
+            return;
+        }
+        let buf_pos = self.buf_pos();
+        let padded = self.padded(self.buf_len);
         let keep_from = self.buf_len / a * a;
-        let mut next = self.file.alloc_dma_buffer(self.capacity);
         let tail = self.buf_len - keep_from;
-        next.as_bytes_mut()[..tail].copy_from_slice(&self.buf.as_bytes()[keep_from..self.buf_len]);
-        let mut full = std::mem::replace(&mut self.buf, next);
+        self.head.as_bytes_mut()[..tail].copy_from_slice(&self.buf.as_bytes()[keep_from..self.buf_len]);
+        let mut full = std::mem::replace(&mut self.buf, self.file.alloc_dma_buffer(self.capacity));
         full.as_bytes_mut()[self.buf_len..padded].fill(0);
         full.trim_to_size(padded);
-        let op = WriteOp::submit(self.file.clone(), full, self.buf_pos);
-        self.in_flight.push_back(op);
-        self.buf_pos += keep_from as u64;
-        self.buf_len = tail;
-        self.flushed_len = tail;
+        self.start_write(full, buf_pos);
+        self.pos = buf_pos + keep_from as u64;
+        self.head_len = tail;
+        self.head_flushed = tail;
+        self.buf_len = 0;
+    }
+
+    fn start_write(&mut self, buf: DmaBuffer, pos: u64) {
+        let end = pos + buf.len() as u64;
+        assert!(
+            self.in_flight.iter().all(|op| op.is_done() || op.end <= pos || op.start >= end),
+            "a write at {pos}..{end} would overlap one in flight"
+        );
+        self.in_flight.push_back(WriteOp::submit(self.file.clone(), buf, pos));
     }
 
     /// All writes submitted so far.
     pub(crate) fn pending(&self) -> Vec<Rc<WriteOp>> {
         self.in_flight.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn wait_all(w: &mut Writer) {
+        for op in w.pending() {
+            op.wait().await.expect("write succeeds");
+        }
+        w.reap().expect("no failed write");
+    }
+
+    fn ranges(w: &Writer) -> Vec<(u64, u64)> {
+        w.in_flight.iter().map(|op| (op.start, op.end)).collect()
+    }
+
+    #[test]
+    fn a_partial_block_is_rewritten_by_a_write_of_its_own() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).spawn(|| async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            crate::segment::probe_device(dir.path()).await.expect("probe");
+            let path = dir.path().join("segment");
+            let file = crate::segment::open_data_file(&path, true).await.expect("create");
+            let capacity = 64 * 1024;
+            let mut w = Writer::open(file.clone(), capacity, 0, 0).await.expect("writer");
+            let a = w.align;
+            assert!(a >= file.alignment() && a.is_power_of_two(), "alignment {a}");
+
+            // A commit inside the first block: one write, padded to the block.
+            assert_eq!(w.copy_in(&[1; 100]), 100);
+            w.submit();
+            assert_eq!(ranges(&w), vec![(0, a)]);
+            wait_all(&mut w).await;
+
+            // The next bytes complete that block first; the block and what follows it go out as
+            // two writes, so neither spans the written block and the blocks after it.
+            let more = vec![2u8; 3 * a as usize];
+            assert_eq!(w.copy_in(&more), more.len());
+            assert_eq!(w.data_end(), 100 + 3 * a);
+            assert!(w.must_wait_for(8).is_none());
+            w.submit();
+            assert_eq!(ranges(&w), vec![(0, a), (a, 4 * a)]);
+            assert_eq!(w.data_end(), 100 + 3 * a);
+            wait_all(&mut w).await;
+
+            // A commit that only touches the partial block rewrites just that block.
+            assert_eq!(w.copy_in(&[3; 10]), 10);
+            w.submit();
+            assert_eq!(ranges(&w), vec![(3 * a, 4 * a)]);
+            wait_all(&mut w).await;
+
+            // Completing the block exactly leaves no head: the next write starts after it.
+            let fill = (4 * a - (110 + 3 * a)) as usize;
+            assert_eq!(w.copy_in(&vec![4u8; fill]), fill);
+            w.submit();
+            assert_eq!(ranges(&w), vec![(3 * a, 4 * a)]);
+            wait_all(&mut w).await;
+            assert_eq!(w.copy_in(&[5; 7]), 7);
+            w.submit();
+            assert_eq!(ranges(&w), vec![(4 * a, 5 * a)]);
+            wait_all(&mut w).await;
+
+            let end = w.data_end();
+            assert_eq!(end, 4 * a + 7);
+            let mut want = vec![1u8; 100];
+            want.extend(&more);
+            want.extend([3u8; 10]);
+            want.extend(vec![4u8; fill]);
+            want.extend([5u8; 7]);
+            let got = file.read_at(0, end as usize).await.expect("read back");
+            assert_eq!(&got[..], &want[..]);
+
+            // Reopened mid-block (as after recovery), the writer reads that block back and
+            // completes it before anything else.
+            let mut w = Writer::open(file.clone(), capacity, end, 5 * a).await.expect("reopen");
+            assert_eq!(w.data_end(), end);
+            assert_eq!(w.copy_in(&[6; 5]), 5);
+            w.submit();
+            assert_eq!(ranges(&w), vec![(4 * a, 5 * a)]);
+            wait_all(&mut w).await;
+            want.extend([6u8; 5]);
+            let got = file.read_at(0, end as usize + 5).await.expect("read back");
+            assert_eq!(&got[..], &want[..]);
+        });
+        executor.expect("spawn executor").join().expect("executor ran");
     }
 }
