@@ -1227,9 +1227,10 @@ impl PartitionLog {
                 .map_err(|e| self.poison(format!("persisting log start offset {new_end}: {e}")))?;
         }
         let capacity = self.cfg().write_buffer_bytes;
+        // The file is cut already: a writer that cannot start leaves the log unusable.
         let writer = Writer::open(file.clone(), capacity, cut_pos, cut_pos)
             .await
-            .map_err(|e| Error::io("reading tail block", &path, e))?;
+            .map_err(|e| self.poison(format!("reading the tail block of segment {base} after truncation: {e}")))?;
         let replay: Vec<producer_state::ReplaySegment> = {
             let mut st = self.state_mut();
             st.truncations += 1;

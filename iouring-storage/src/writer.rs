@@ -118,7 +118,12 @@ impl Writer {
         let mut head = file.alloc_dma_buffer(align as usize);
         if head_len > 0 {
             let tail = file.read_at(pos, head_len).await?;
-            assert_eq!(tail.len(), head_len, "tail block read short");
+            if tail.len() != head_len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the partial block at {pos} read {} of {head_len} bytes", tail.len()),
+                ));
+            }
             head.as_bytes_mut()[..head_len].copy_from_slice(&tail);
         }
         let buf = file.alloc_dma_buffer(capacity);
