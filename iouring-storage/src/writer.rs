@@ -75,7 +75,7 @@ impl WriteOp {
 /// The alignment of every write: the device's O_DIRECT alignment, raised to the filesystem
 /// block when that is a larger power of two that divides the write buffer (see the module
 /// comment for why).
-pub(crate) async fn write_alignment(file: &DmaFile, capacity: usize) -> std::io::Result<u64> {
+async fn write_alignment(file: &DmaFile, capacity: usize) -> std::io::Result<u64> {
     let device = file.alignment();
     let fs_block = u64::from(file.stat().await?.fs_cluster_size);
     let raised = fs_block.is_power_of_two() && fs_block > device && capacity as u64 % fs_block == 0;
@@ -101,7 +101,7 @@ pub(crate) struct Writer {
     buf_len: usize,
     /// File size after preallocation.
     pub(crate) allocated: u64,
-    pub(crate) in_flight: VecDeque<Rc<WriteOp>>,
+    in_flight: VecDeque<Rc<WriteOp>>,
 }
 
 impl Writer {
