@@ -42,7 +42,7 @@ pub const HEADER_BYTES: usize = 61;
 const CRC_START: usize = 21;
 
 /// A record's worst-case overhead besides key and value: five varints and the attributes byte.
-const RECORD_OVERHEAD_BYTES_MAX: usize = 1 + 5 + 10 + 5 + 5 + 5 + 5;
+pub const RECORD_OVERHEAD_BYTES_MAX: usize = 1 + 5 + 10 + 5 + 5 + 5 + 5;
 
 /// The compression codec of a batch, as a workload names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

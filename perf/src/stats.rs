@@ -183,6 +183,11 @@ impl Pacer {
         self.intended_ns(self.sent)
     }
 
+    /// When the message `k` places after the next one is due (`k = 0`: the next one).
+    pub fn intended_ns_after(&self, k: u64) -> u64 {
+        self.intended_ns(self.sent + k)
+    }
+
     fn intended_ns(&self, i: u64) -> u64 {
         self.start_ns + (i as f64 * self.interval_ns) as u64
     }
