@@ -29,7 +29,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
 
-use crate::batch::{walk_values, BatchBuilder, HEADER_BYTES, RECORD_OVERHEAD_BYTES_MAX};
+use crate::batch::{walk_values, BatchBuilder, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
     ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX, PARTITION_FETCH_BYTES_MAX,
@@ -780,12 +780,11 @@ fn next_wake_ns(pacer: &Pacer, w: &Workload, sticky: &BatchBuilder) -> u64 {
     }
     // An upper bound on a record's size, so the estimate wakes at or before the filling one.
     let record_bytes_max = w.message_size + RECORD_OVERHEAD_BYTES_MAX;
-    let filled = if sticky.is_empty() {
-        HEADER_BYTES
-    } else {
-        sticky.uncompressed_bytes()
-    };
-    let to_fill = w.batch_bytes.saturating_sub(filled).div_ceil(record_bytes_max).max(1);
+    let to_fill = w
+        .batch_bytes
+        .saturating_sub(sticky.uncompressed_bytes())
+        .div_ceil(record_bytes_max)
+        .max(1);
     pacer.intended_ns_after(to_fill as u64 - 1)
 }
 
