@@ -44,6 +44,7 @@ pub mod names {
     pub const GROUP_COMMIT_BYTES: &str = "broker_group_commit_bytes_total";
     pub const FSYNC_MEAN_SECONDS: &str = "broker_group_commit_fsync_mean_seconds";
     pub const APPENDED_BATCHES: &str = "broker_appended_batches_total";
+    pub const SEGMENTS_RECYCLED: &str = "broker_segments_recycled_total";
     pub const BATCH_CACHE_HITS: &str = "broker_batch_cache_hits_total";
     pub const BATCH_CACHE_MISSES: &str = "broker_batch_cache_misses_total";
     pub const BATCH_CACHE_BYTES: &str = "broker_batch_cache_bytes";
@@ -157,6 +158,11 @@ fn describe() {
         "Mean fdatasync time of the group commits in the last sample interval."
     );
     describe_counter!(APPENDED_BATCHES, Unit::Count, "Record batches appended to logs.");
+    describe_counter!(
+        SEGMENTS_RECYCLED,
+        Unit::Count,
+        "New segments that reused the file of a segment retention deleted."
+    );
     describe_counter!(BATCH_CACHE_HITS, Unit::Count, "Reads served by the shard's batch cache.");
     describe_counter!(
         BATCH_CACHE_MISSES,
@@ -345,6 +351,7 @@ struct LogTotals {
     fsync_us: u64,
     committed_bytes: u64,
     appended_batches: u64,
+    segments_recycled: u64,
 }
 
 impl LogTotals {
@@ -353,6 +360,15 @@ impl LogTotals {
         self.fsync_us += s.fsync_us_total;
         self.committed_bytes += s.committed_bytes;
         self.appended_batches += s.appended_batches;
+        self.segments_recycled += s.segments_recycled;
+    }
+
+    fn absorb(&mut self, other: &LogTotals) {
+        self.group_commits += other.group_commits;
+        self.fsync_us += other.fsync_us;
+        self.committed_bytes += other.committed_bytes;
+        self.appended_batches += other.appended_batches;
+        self.segments_recycled += other.segments_recycled;
     }
 }
 
@@ -372,6 +388,7 @@ pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc
     let group_commits = metrics::counter!(names::GROUP_COMMITS, &s());
     let commit_bytes = metrics::counter!(names::GROUP_COMMIT_BYTES, &s());
     let appended = metrics::counter!(names::APPENDED_BATCHES, &s());
+    let recycled = metrics::counter!(names::SEGMENTS_RECYCLED, &s());
     // The facade's counters are integers, so fsync time is published as the mean over the
     // last interval rather than as a seconds counter.
     let fsync_mean = metrics::gauge!(names::FSYNC_MEAN_SECONDS, &s());
@@ -405,10 +422,7 @@ pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc
         sizes.retain(|tp, (_, last)| {
             let keep = seen.contains(tp);
             if !keep {
-                retired.group_commits += last.group_commits;
-                retired.fsync_us += last.fsync_us;
-                retired.committed_bytes += last.committed_bytes;
-                retired.appended_batches += last.appended_batches;
+                retired.absorb(last);
             }
             keep
         });
@@ -424,6 +438,7 @@ pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc
         group_commits.absolute(totals.group_commits);
         commit_bytes.absolute(totals.committed_bytes);
         appended.absolute(totals.appended_batches);
+        recycled.absolute(totals.segments_recycled);
         let commits = totals.group_commits.saturating_sub(previous.group_commits);
         let fsync_us = totals.fsync_us.saturating_sub(previous.fsync_us);
         fsync_mean.set(if commits == 0 {

@@ -32,6 +32,11 @@ pub struct LogConfig {
     pub preallocate_step_bytes: u64,
     /// Base offset of the first segment when the directory is empty.
     pub initial_offset: u64,
+    /// Keep the data file of one segment that retention or `delete_records_before` removed,
+    /// and reuse it as the next segment (see "Segment recycling" in `log.rs`): its blocks are
+    /// already written, so commits into it need no metadata write, and deleting it costs no
+    /// discard. Holds up to one segment's disk space more per partition.
+    pub recycle_segments: bool,
 }
 
 impl LogConfig {
@@ -49,6 +54,7 @@ impl LogConfig {
             writes_in_flight_max: 4,
             preallocate_step_bytes: 64 * 1024 * 1024,
             initial_offset: 0,
+            recycle_segments: true,
         }
     }
 

@@ -4,6 +4,27 @@
 //! A `PartitionLog` lives on one executor thread (it is not `Send`). Clones share the log.
 //! Mutations of the segment list and of the writer happen under `append_lock`; no `RefCell`
 //! borrow is ever held across an `.await`.
+//!
+//! # Segment recycling
+//!
+//! A new segment file is preallocated with `fallocate`, which on ext4 leaves its blocks
+//! unwritten: the first write to each block converts it, and the fdatasync that makes the
+//! write durable must then also write the inode (without a journal, one or two synchronous 4 KiB
+//! writes before the cache flush). Deleting a segment frees its blocks, which with online
+//! discard costs a discard of the whole file. So, like PostgreSQL's WAL recycling, when
+//! retention or `delete_records_before` removes segments, the log keeps one data file under
+//! `segment::spare_path` instead of unlinking it, and the next roll renames it to the new
+//! segment's name: its blocks are written, and a commit into them is the data write and a
+//! cache flush.
+//!
+//! The spare still holds its old batches. They are never served: reads stop at the durable
+//! end. Recovery scans the active segment up to the file's size, and a stale batch there looks
+//! valid (CRC and all), so it relies on offsets: the spare only ever holds batches of this
+//! partition below the first segment's base (retention and delete records remove segments
+//! wholly below the log start, and nothing lowers the first base: truncation stops at it), so
+//! every stale batch's base offset is below what the scan expects, and the scan stops there.
+//! A spare is kept only when nothing else holds the file open: a read under way would
+//! otherwise read the new segment's data at the old one's positions.
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
@@ -88,6 +109,8 @@ pub struct LogStats {
     pub committed_bytes: u64,
     /// Batches appended since the log was opened.
     pub appended_batches: u64,
+    /// Segments that reused a deleted segment's file since the log was opened.
+    pub segments_recycled: u64,
     pub segments: usize,
     pub size_bytes: u64,
 }
@@ -157,6 +180,11 @@ struct State {
     /// Idempotent producers' epochs and last batches (`producer_state.rs`); changed only under
     /// the append lock.
     producers: ProducerState,
+    /// A deleted segment's file waits at `segment::spare_path` for the next roll.
+    spare: bool,
+    /// The active segment is a recycled file: its tail beyond the data holds stale batches.
+    active_recycled: bool,
+    segments_recycled: u64,
 }
 
 impl State {
@@ -264,6 +292,7 @@ impl PartitionLog {
             fsync_us_total: st.fsync_us_total,
             committed_bytes: st.committed_bytes,
             appended_batches: st.appended_batches,
+            segments_recycled: st.segments_recycled,
             segments: st.segments.len(),
             size_bytes: st.segments.values().map(|s| s.data_bytes).sum(),
         }
@@ -733,13 +762,24 @@ impl PartitionLog {
         futures_lite::future::try_zip(seal, futures_lite::future::try_zip(index, snapshot))
             .await
             .map_err(|cause| self.poison(cause))?;
-        let new_file = segment::open_data_file(&segment::log_path(&dir, new_base), true)
+        let path = segment::log_path(&dir, new_base);
+        let recycled = self.take_spare(&path);
+        let new_file = segment::open_data_file(&path, !recycled)
             .await
             .map_err(|e| self.poison(e.to_string()))?;
-        // No preallocation yet: the first write grows the file (see `flush_locked`).
+        // A new file has no preallocation yet: the first write grows it (see `flush_locked`).
+        // A recycled one is allocated and written to its size.
         segment::sync_dir(&dir).await.map_err(|e| self.poison(e.to_string()))?;
+        let allocated = if recycled {
+            new_file
+                .file_size()
+                .await
+                .map_err(|e| self.poison(format!("sizing recycled segment {new_base}: {e}")))?
+        } else {
+            0
+        };
         let capacity = self.cfg().write_buffer_bytes;
-        let writer = Writer::open(new_file.clone(), capacity, 0, 0)
+        let writer = Writer::open(new_file.clone(), capacity, 0, allocated)
             .await
             .map_err(|e| self.poison(format!("sizing the write alignment of segment {new_base}: {e}")))?;
 
@@ -747,6 +787,7 @@ impl PartitionLog {
             let mut st = self.state_mut();
             let sealed = st.active().info(&dir);
             st.writer = writer;
+            st.active_recycled = recycled;
             st.segments.insert(
                 new_base,
                 Segment {
@@ -766,6 +807,42 @@ impl PartitionLog {
             listener(&info);
         }
         Ok(())
+    }
+
+    /// Renames the spare file, if there is one, to `path` (the new segment's). Synchronous, as
+    /// is `keep_as_spare`, so neither sees the other half done. A spare that cannot be renamed
+    /// is forgotten (and removed if it can be): the roll then creates a file as usual.
+    fn take_spare(&self, path: &Path) -> bool {
+        if !self.state().spare {
+            return false;
+        }
+        self.state_mut().spare = false;
+        let spare = segment::spare_path(self.dir());
+        match std::fs::rename(&spare, path) {
+            Ok(()) => {
+                self.state_mut().segments_recycled += 1;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(target: "iouring_storage", path = %spare.display(), error = %e, "cannot reuse the spare segment file; creating a new one");
+                let _ = std::fs::remove_file(&spare);
+                false
+            }
+        }
+    }
+
+    /// Renames a detached segment's data file to the spare name if recycling is on, there is
+    /// no spare yet, and no read holds the file (see "Segment recycling"). Returns whether it
+    /// did; the caller then deletes only the segment's other files.
+    fn keep_as_spare(&self, seg: &Segment) -> Result<bool> {
+        if !self.cfg().recycle_segments || self.state().spare || Rc::strong_count(&seg.file) > 1 {
+            return Ok(false);
+        }
+        let from = segment::log_path(self.dir(), seg.base_offset);
+        std::fs::rename(&from, segment::spare_path(self.dir()))
+            .map_err(|e| Error::io("keeping a deleted segment's file as the spare", &from, e))?;
+        self.state_mut().spare = true;
+        Ok(true)
     }
 
     /// Seals the active segment now, if it holds data.
@@ -1021,7 +1098,7 @@ impl PartitionLog {
         self.forget_aborted_below_start();
         let deleting = self.deleting().await?;
         drop(permit);
-        self.delete_segment_files(removed).await?;
+        self.delete_segment_files(removed, true).await?;
         drop(deleting);
         tracing::info!(target: "iouring_storage", dir = %self.dir().display(), log_start = offset, segments_deleted = doomed.len(), "records deleted");
         Ok(offset)
@@ -1056,7 +1133,7 @@ impl PartitionLog {
         // truncation below it can lower, and truncation waits for `deleting`.
         let deleting = self.deleting().await?;
         drop(permit);
-        self.delete_segment_files(removed).await?;
+        self.delete_segment_files(removed, true).await?;
         drop(deleting);
         if !doomed.is_empty() {
             tracing::info!(target: "iouring_storage", dir = %self.dir().display(), segments = doomed.len(), log_start = self.offsets().log_start, "retention deleted segments");
@@ -1127,7 +1204,7 @@ impl PartitionLog {
     /// Removes segments from the map first (readers stop seeing them), then their files.
     async fn delete_segments(&self, bases: &[u64]) -> Result<()> {
         let removed = self.detach_segments(bases);
-        self.delete_segment_files(removed).await
+        self.delete_segment_files(removed, false).await
     }
 
     /// Takes sealed segments out of the log (caller holds the append lock), so that no read or
@@ -1140,7 +1217,9 @@ impl PartitionLog {
         bases.iter().filter_map(|b| st.segments.remove(b)).collect()
     }
 
-    async fn delete_segment_files(&self, removed: Vec<Segment>) -> Result<()> {
+    /// `recycle`: the segments lie wholly below the first remaining segment's base, so one of
+    /// their files may become the spare.
+    async fn delete_segment_files(&self, removed: Vec<Segment>, recycle: bool) -> Result<()> {
         if removed.is_empty() {
             return Ok(());
         }
@@ -1148,6 +1227,10 @@ impl PartitionLog {
         // A sealed segment's snapshot goes with it; the newest, at the active segment's base,
         // stays.
         for seg in removed {
+            if recycle && self.keep_as_spare(&seg)? {
+                segment::delete_segment_companions("deleting segment file", &dir, seg.base_offset).await?;
+                continue;
+            }
             segment::delete_segment("deleting segment file", &dir, seg.base_offset, seg.file).await?;
         }
         segment::sync_dir(&dir).await
@@ -1265,11 +1348,32 @@ impl PartitionLog {
         Ok(new_end)
     }
 
+    /// Cuts a recycled active segment's file to its data, so that the next open finds the
+    /// clean end instead of the stale batches beyond it (which it would report as damage).
+    async fn cut_recycled_tail(&self) -> Result<()> {
+        if !self.state().active_recycled {
+            return Ok(());
+        }
+        let (file, base, data_bytes) = {
+            let st = self.state();
+            (st.writer.file.clone(), st.active().base_offset, st.active().data_bytes)
+        };
+        file.truncate(data_bytes)
+            .await
+            .map_err(|e| self.poison(format!("cutting recycled segment {base} to its data: {e}")))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| self.poison(format!("fdatasync of recycled segment {base}: {e}")))?;
+        self.state_mut().active_recycled = false;
+        Ok(())
+    }
+
     /// Commits everything and refuses further appends. Reads keep working.
     pub async fn close(&self) -> Result<()> {
         let _permit = self.lock().await?;
         if self.state().poisoned.is_none() && !self.state().closed {
             self.sync_locked().await?;
+            self.cut_recycled_tail().await?;
         }
         self.state_mut().closed = true;
         self.inner.durable_changed.notify_all();
@@ -1292,6 +1396,8 @@ pub(crate) struct Recovered {
     /// The persisted log start, at most the log end.
     pub log_start_offset: u64,
     pub producers: ProducerState,
+    /// A spare segment file is in the directory.
+    pub spare: bool,
 }
 
 impl Recovered {
@@ -1331,6 +1437,9 @@ impl Recovered {
             appended_batches: 0,
             log_start_offset: self.log_start_offset,
             producers: self.producers,
+            spare: self.spare,
+            active_recycled: false,
+            segments_recycled: 0,
         };
         // The newest snapshot may list aborts whose segments retention has deleted since.
         let start = st.log_start();

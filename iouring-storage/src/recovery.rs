@@ -164,6 +164,7 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
         writer,
         log_start_offset,
         producers,
+        spare: segment::spare_path(dir).exists(),
     })
 }
 

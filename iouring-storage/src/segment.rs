@@ -307,8 +307,14 @@ pub(crate) async fn delete_segment(op: &'static str, dir: &Path, base_offset: u6
     if let Ok(file) = Rc::try_unwrap(file) {
         let _ = file.close().await;
     }
+    remove_file(op, log_path(dir, base_offset)).await?;
+    delete_segment_companions(op, dir, base_offset).await
+}
+
+/// Deletes a segment's files other than its data: both index files and the producer snapshot
+/// taken at its base. The caller syncs the directory.
+pub(crate) async fn delete_segment_companions(op: &'static str, dir: &Path, base_offset: u64) -> Result<()> {
     for path in [
-        log_path(dir, base_offset),
         index_path(dir, base_offset),
         time_index_path(dir, base_offset),
         crate::producer_state::snapshot_path(dir, base_offset),
@@ -316,6 +322,15 @@ pub(crate) async fn delete_segment(op: &'static str, dir: &Path, base_offset: u6
         remove_file(op, path).await?;
     }
     Ok(())
+}
+
+/// File name of a partition's spare segment file.
+const SPARE_FILE_NAME: &str = "recycled.spare";
+
+/// Where a partition keeps the data file of a deleted segment for reuse as its next segment
+/// (see "Segment recycling" in `log.rs`). Never a segment name, so recovery does not scan it.
+pub(crate) fn spare_path(dir: &Path) -> PathBuf {
+    dir.join(SPARE_FILE_NAME)
 }
 
 /// fsync of the partition directory, so that created, renamed and removed names are durable.

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -388,6 +389,10 @@ fn run_parent() {
     let mut log_start = 0u64;
     let mut acked_total = 0usize;
     let mut tails: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // The inode of the segment file retention kept as the spare, and how many children rolled
+    // into such a file (recycled it) before their kill, so that recovery ran on one.
+    let mut spare_inode: Option<u64> = None;
+    let mut recycled = 0u64;
     let started = Instant::now();
 
     for cycle in 0..cycles {
@@ -466,6 +471,9 @@ fn run_parent() {
             Err(e) => fail(tmp, &format!("{replay}: {e}")),
         };
         *tails.entry(tail.kind()).or_default() += 1;
+        if spare_inode.is_some_and(|ino| segment_inodes(&dir).contains(&ino)) {
+            recycled += 1;
+        }
         let check_seed = rng.next();
         let check_started = Instant::now();
         match check(&dir, &acked, &report, log_start, check_seed) {
@@ -479,6 +487,7 @@ fn run_parent() {
                 }
                 acked.retain(|_, a| a.d.base >= log_start);
                 sealed_max = sealed_max.max(summary.sealed);
+                spare_inode = std::fs::metadata(dir.join("recycled.spare")).ok().map(|m| m.ino());
                 println!(
                     concat!(
                         "{}: {:?}, {} in flight, large {}, opened after {:?}, tail {}, ",
@@ -510,12 +519,27 @@ fn run_parent() {
         started.elapsed()
     );
     println!("crash test: what the kills left after the last batch: {tails:?}");
+    println!("crash test: {recycled} children rolled into a recycled segment file before their kill");
     // Guard against a test that passes by never doing anything.
     assert!(acked_total > 0, "CRASH_SEED={seed}: no batch was ever acknowledged");
     assert!(
         sealed_max >= 1,
         "CRASH_SEED={seed}: no segment ever rolled; the kills never landed near a roll"
     );
+    assert!(
+        recycled >= 1,
+        "CRASH_SEED={seed}: no child ever reused the spare segment file; recovery of a recycled segment went untested"
+    );
+}
+
+/// Inode numbers of the segment data files in `dir`.
+fn segment_inodes(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+        .collect()
 }
 
 /// Keeps the log directory for a post-mortem and fails the test.

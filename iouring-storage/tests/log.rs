@@ -420,6 +420,82 @@ fn reopen_after_close_keeps_everything_and_continues_offsets() {
     });
 }
 
+/// One block exactly, so that a new segment's data can end where a stale batch of a recycled
+/// file begins, with no zero padding in between to stop a scan.
+fn block_batch(i: u64) -> Vec<u8> {
+    build_batch(1, 4096 - 61, 1_000 + i as i64, 1_000 + i as i64)
+}
+
+async fn append_blocks(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in from..to {
+        let b = block_batch(i);
+        let info = log.append(&b, 0, 0).await.expect("append");
+        out.push((info.base_offset, stamped(b, info.base_offset)));
+    }
+    log.commit().await.expect("commit");
+    out
+}
+
+/// Retention keeps one deleted segment's file and the next roll reuses it. The recycled file
+/// still holds its old batches, each one block: the new data ends exactly where one of them
+/// begins, CRC intact, and only its old offset gives it away. It is never read, a crash
+/// (drop without close) recovers exactly what was committed, and a clean close cuts the stale
+/// tail so the next open finds a clean end.
+#[test]
+fn a_recycled_segment_file_never_serves_its_stale_batches() {
+    run_in_dir(|path| async move {
+        assert_eq!(block_batch(0).len(), 4096);
+        let mut cfg = small_config(&path);
+        cfg.retention_bytes = Some(128 * 1024);
+        cfg.retention_ms = None;
+        let spare = path.join("recycled.spare");
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        // 16 batches per 64 KiB segment: four full segments, the last one active.
+        let mut written = append_blocks(&log, 0, 64).await;
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert_eq!(deleted, vec![0, 16]);
+        assert!(spare.exists(), "one deleted segment's file is kept");
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), 64 * 1024);
+        written.retain(|(b, _)| *b >= 32);
+
+        // The next append rolls into the spare: 4 new batches over 16 stale ones.
+        written.extend(append_blocks(&log, 64, 68).await);
+        assert_eq!(log.stats().segments_recycled, 1);
+        assert!(!spare.exists(), "the spare became the new segment");
+        let active = path.join(format!("{:020}.log", 64));
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), 64 * 1024, "reused whole, not recreated");
+        assert_eq!(read_all(&log).await, written);
+        assert_eq!(log.offsets().log_end, 68);
+        assert!(log.read(68, 4096).await.unwrap().is_none(), "nothing past the end");
+
+        drop(log); // a crash after the commit
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        assert_eq!(log.offsets().log_end, 68, "recovery stops at the first stale batch");
+        assert_eq!(read_all(&log).await, written);
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), 4 * 4096, "the stale tail is cut");
+        written.extend(append_blocks(&log, 68, 70).await);
+
+        // Again, ending with a clean close: it cuts the recycled file to its data.
+        written.extend(append_blocks(&log, 70, 90).await);
+        let deleted = log.enforce_retention(0).await.unwrap();
+        assert!(!deleted.is_empty());
+        let start = log.offsets().log_start;
+        written.retain(|(b, _)| *b >= start);
+        assert!(spare.exists());
+        written.extend(append_blocks(&log, 90, 105).await);
+        assert_eq!(log.stats().segments_recycled, 1, "counted since this open");
+        let active = segment_files(&path, "log").pop().unwrap();
+        let base: u64 = active.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let data_bytes = (log.offsets().log_end - base) * 4096;
+        log.close().await.unwrap();
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), data_bytes, "close cuts the stale tail");
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(read_all(&log).await, written);
+    });
+}
+
 /// Writes a log, drops it without closing (as a crash would, after a commit), lets `damage`
 /// change the files, reopens, and returns what was written and the reopened log.
 fn crash_scenario(
