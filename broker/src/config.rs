@@ -93,6 +93,7 @@ pub struct FileConfig {
     pub retention_check_interval_ms: Option<u64>,
     pub compaction_check_interval_ms: Option<u64>,
     pub batch_cache_bytes: Option<u64>,
+    pub segment_recycling: Option<bool>,
     pub log_format: Option<String>,
     pub offsets_topic_partitions: Option<i32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -136,6 +137,10 @@ pub struct Config {
     pub compaction_check_interval_ms: u64,
     /// Each shard's share of the batch cache (`batch_cache_bytes` over the shards).
     pub batch_cache_bytes_per_shard: usize,
+    /// Each partition keeps one segment file that retention deleted and reuses it as its next
+    /// segment (default true; see `iouring_storage::LogConfig::recycle_segments`). Costs up
+    /// to one segment of disk per partition beyond what retention keeps.
+    pub segment_recycling: bool,
     pub log_json: bool,
     /// The admin HTTP listener (/metrics, /health, /ready); `None` when turned off.
     pub admin_listen: Option<SocketAddr>,
@@ -334,6 +339,7 @@ impl Config {
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
             shards,
             pin_shards,
+            segment_recycling: file.segment_recycling.unwrap_or(true),
             node_id: file.node_id.unwrap_or(1),
             auto_create_topics: flags.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
             default_partitions,
@@ -432,6 +438,10 @@ mod tests {
             ..Flags::default()
         };
         assert_eq!(Config::merge(flags, file()).unwrap().retention_check_interval_ms, 1000);
+
+        assert!(Config::merge(Flags::default(), FileConfig::default()).unwrap().segment_recycling);
+        let file: FileConfig = toml::from_str("segment_recycling = false\n").unwrap();
+        assert!(!Config::merge(Flags::default(), file).unwrap().segment_recycling);
     }
 
     #[test]

@@ -88,7 +88,13 @@ fn run() -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (started_tx, started_rx) = mpsc::channel();
     let provider_meta = meta.clone();
-    let provider: shard::LogConfigProvider = Arc::new(move |tp| provider_meta.log_config(tp));
+    let recycling = config.segment_recycling;
+    let provider: shard::LogConfigProvider = Arc::new(move |tp| {
+        provider_meta.log_config(tp).map(|mut c| {
+            c.recycle_segments = recycling;
+            c
+        })
+    });
     let runtime = shard::RuntimeConfig {
         shards: config.shards,
         pin: config.pin_shards,

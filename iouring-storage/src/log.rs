@@ -326,7 +326,8 @@ impl PartitionLog {
     ///
     /// What the open log's write path was sized with stays: `dir`, `write_buffer_bytes`,
     /// `writes_in_flight_max`, `preallocate_step_bytes` (the active segment's writer and
-    /// preallocation use them) and `initial_offset` (meaningful only for an empty directory).
+    /// preallocation use them), `initial_offset` (meaningful only for an empty directory) and
+    /// `recycle_segments` (a setting of the broker, not of the topic whose configs change).
     /// They take the new values when the log is next opened. The merged config is validated
     /// whole; on error nothing changes.
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
@@ -338,6 +339,7 @@ impl PartitionLog {
                 writes_in_flight_max: current.writes_in_flight_max,
                 preallocate_step_bytes: current.preallocate_step_bytes,
                 initial_offset: current.initial_offset,
+                recycle_segments: current.recycle_segments,
                 ..config
             }
         };

@@ -496,6 +496,24 @@ fn a_recycled_segment_file_never_serves_its_stale_batches() {
     });
 }
 
+/// With recycling off, retention deletes every file of the segments it removes.
+#[test]
+fn without_recycling_retention_keeps_no_spare() {
+    run_in_dir(|path| async move {
+        let mut cfg = small_config(&path);
+        cfg.retention_bytes = Some(128 * 1024);
+        cfg.retention_ms = None;
+        cfg.recycle_segments = false;
+        let log = PartitionLog::open(cfg).await.unwrap();
+        append_blocks(&log, 0, 64).await;
+        assert_eq!(log.enforce_retention(0).await.unwrap(), vec![0, 16]);
+        assert!(!path.join("recycled.spare").exists());
+        append_blocks(&log, 64, 68).await;
+        assert_eq!(log.stats().segments_recycled, 0);
+        assert_eq!(segment_files(&path, "log").len(), 3);
+    });
+}
+
 /// Writes a log, drops it without closing (as a crash would, after a commit), lets `damage`
 /// change the files, reopens, and returns what was written and the reopened log.
 fn crash_scenario(
@@ -868,12 +886,14 @@ fn set_config_applies_to_later_appends_and_retention_and_keeps_the_write_path() 
         // Write-path sizing of the open log is kept whatever the new config says.
         smaller.write_buffer_bytes = 128 * 1024;
         smaller.preallocate_step_bytes = 128 * 1024;
+        smaller.recycle_segments = !cfg.recycle_segments;
         smaller.dir = "/nowhere".into();
         log.set_config(smaller).unwrap();
         let now = log.config();
         assert_eq!(now.segment_bytes, 64 * 1024);
         assert_eq!(now.write_buffer_bytes, cfg.write_buffer_bytes);
         assert_eq!(now.preallocate_step_bytes, cfg.preallocate_step_bytes);
+        assert_eq!(now.recycle_segments, cfg.recycle_segments);
         assert_eq!(now.dir, path);
         written.extend(append_range(&log, 100, 300).await);
         let sealed = log.sealed_segments();
