@@ -744,12 +744,9 @@ impl PartitionLog {
         // the sealed segment cut to its data (giving back the preallocated tail), its index
         // files, and the producer snapshot.
         let seal = async {
-            file.truncate(data_bytes)
+            segment::truncate_durably(&file, data_bytes)
                 .await
-                .map_err(|e| format!("truncating sealed segment {base}: {e}"))?;
-            file.fdatasync()
-                .await
-                .map_err(|e| format!("fdatasync of sealed segment {base}: {e}"))
+                .map_err(|e| format!("cutting sealed segment {base} to its data: {e}"))
         };
         let index = async {
             segment::store_index(&dir, base, &index, summary)
@@ -1293,12 +1290,9 @@ impl PartitionLog {
         })
         .await?;
         let (cut_pos, new_end) = cut.unwrap_or((scan.valid_bytes, scan.next_offset));
-        file.truncate(cut_pos)
+        segment::truncate_durably(&file, cut_pos)
             .await
             .map_err(|e| self.poison(format!("truncating segment {base}: {e}")))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| self.poison(format!("fdatasync after truncation of segment {base}: {e}")))?;
         for p in [segment::index_path(&dir, base), segment::time_index_path(&dir, base)] {
             let _ = std::fs::remove_file(p);
         }
@@ -1360,12 +1354,9 @@ impl PartitionLog {
             let st = self.state();
             (st.writer.file.clone(), st.active().base_offset, st.active().data_bytes)
         };
-        file.truncate(data_bytes)
+        segment::truncate_durably(&file, data_bytes)
             .await
             .map_err(|e| self.poison(format!("cutting recycled segment {base} to its data: {e}")))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| self.poison(format!("fdatasync of recycled segment {base}: {e}")))?;
         self.state_mut().active_recycled = false;
         Ok(())
     }

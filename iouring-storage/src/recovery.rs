@@ -76,10 +76,9 @@ pub(crate) async fn recover(config: &LogConfig) -> Result<Recovered> {
             } else {
                 tracing::warn!(target: "iouring_storage", dir = %dir.display(), base, valid = end.valid_bytes, file_bytes, %why, "truncating segment at first invalid batch");
             }
-            file.truncate(end.valid_bytes)
+            segment::truncate_durably(&file, end.valid_bytes)
                 .await
                 .map_err(|e| Error::io("truncating segment", &path, e))?;
-            file.fdatasync().await.map_err(|e| Error::io("syncing segment", &path, e))?;
             if !is_last {
                 cut_after = Some(i + 1);
             }

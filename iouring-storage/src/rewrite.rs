@@ -160,12 +160,9 @@ impl SegmentRewrite {
             self.write_buffer().await?;
         }
         let file = self.file.take().expect("a file until finish");
-        file.truncate(self.data_bytes)
+        crate::segment::truncate_durably(&file, self.data_bytes)
             .await
             .map_err(|e| Error::io("truncating rewritten segment", &self.tmp_path, e))?;
-        file.fdatasync()
-            .await
-            .map_err(|e| Error::io("syncing rewritten segment", &self.tmp_path, e))?;
         drop(file);
         let summary = SegmentSummary {
             data_bytes: self.data_bytes,

@@ -333,6 +333,12 @@ pub(crate) fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_FILE_NAME)
 }
 
+/// Cuts a file to `len` bytes, durably (the truncation, then an fdatasync).
+pub(crate) async fn truncate_durably(file: &DmaFile, len: u64) -> std::io::Result<()> {
+    file.truncate(len).await?;
+    Ok(file.fdatasync().await?)
+}
+
 /// fsync of the partition directory, so that created, renamed and removed names are durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     let d = glommio::io::Directory::open(dir)

@@ -28,9 +28,14 @@ fn stamped(mut batch: Vec<u8>, base: u64) -> Vec<u8> {
 
 /// Appends batches `from..to` of `nth_batch`, commits, and returns (base offset, bytes) of each.
 async fn append_range(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
+    append_each(log, from, to, nth_batch).await
+}
+
+/// Appends `batch(i)` for each i in `from..to`, commits, and returns (base offset, bytes) of each.
+async fn append_each(log: &PartitionLog, from: u64, to: u64, batch: fn(u64) -> Vec<u8>) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     for i in from..to {
-        let b = nth_batch(i);
+        let b = batch(i);
         let info = log.append(&b, 0, 0).await.expect("append");
         out.push((info.base_offset, stamped(b, info.base_offset)));
     }
@@ -427,14 +432,7 @@ fn block_batch(i: u64) -> Vec<u8> {
 }
 
 async fn append_blocks(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
-    let mut out = Vec::new();
-    for i in from..to {
-        let b = block_batch(i);
-        let info = log.append(&b, 0, 0).await.expect("append");
-        out.push((info.base_offset, stamped(b, info.base_offset)));
-    }
-    log.commit().await.expect("commit");
-    out
+    append_each(log, from, to, block_batch).await
 }
 
 /// Retention keeps one deleted segment's file and the next roll reuses it. The recycled file
