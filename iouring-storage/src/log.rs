@@ -810,7 +810,7 @@ impl PartitionLog {
 
     /// Renames the spare file, if there is one, to `path` (the new segment's). Synchronous, as
     /// is `keep_as_spare`, so neither sees the other half done. A spare that cannot be renamed
-    /// is forgotten (and removed if it can be): the roll then creates a file as usual.
+    /// is forgotten: the roll creates a file as usual.
     fn take_spare(&self, path: &Path) -> bool {
         if !self.state().spare {
             return false;
@@ -824,7 +824,6 @@ impl PartitionLog {
             }
             Err(e) => {
                 tracing::warn!(target: "iouring_storage", path = %spare.display(), error = %e, "cannot reuse the spare segment file; creating a new one");
-                let _ = std::fs::remove_file(&spare);
                 false
             }
         }
@@ -832,16 +831,22 @@ impl PartitionLog {
 
     /// Renames a detached segment's data file to the spare name if recycling is on, there is
     /// no spare yet, and no read holds the file (see "Segment recycling"). Returns whether it
-    /// did; the caller then deletes only the segment's other files.
-    fn keep_as_spare(&self, seg: &Segment) -> Result<bool> {
+    /// did; the caller then deletes only the segment's other files, or else the whole segment.
+    fn keep_as_spare(&self, seg: &Segment) -> bool {
         if !self.cfg().recycle_segments || self.state().spare || Rc::strong_count(&seg.file) > 1 {
-            return Ok(false);
+            return false;
         }
         let from = segment::log_path(self.dir(), seg.base_offset);
-        std::fs::rename(&from, segment::spare_path(self.dir()))
-            .map_err(|e| Error::io("keeping a deleted segment's file as the spare", &from, e))?;
-        self.state_mut().spare = true;
-        Ok(true)
+        match std::fs::rename(&from, segment::spare_path(self.dir())) {
+            Ok(()) => {
+                self.state_mut().spare = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(target: "iouring_storage", path = %from.display(), error = %e, "cannot keep a deleted segment's file as the spare; deleting it");
+                false
+            }
+        }
     }
 
     /// Seals the active segment now, if it holds data.
@@ -1226,7 +1231,7 @@ impl PartitionLog {
         // A sealed segment's snapshot goes with it; the newest, at the active segment's base,
         // stays.
         for seg in removed {
-            if recycle && self.keep_as_spare(&seg)? {
+            if recycle && self.keep_as_spare(&seg) {
                 segment::delete_segment_companions("deleting segment file", &dir, seg.base_offset).await?;
                 continue;
             }
@@ -1320,6 +1325,8 @@ impl PartitionLog {
             st.durable_end = new_end;
             st.commit_covers = new_end;
             st.writer = writer;
+            // The cut file holds no stale tail, whichever segment is active now.
+            st.active_recycled = false;
             let seg = st.segments.get_mut(&base).expect("segment kept");
             seg.data_bytes = cut_pos;
             seg.durable_bytes = cut_pos;
