@@ -4,7 +4,8 @@
 //! segment was created, so they are trusted when their index files are intact and agree with
 //! the data size. The active (last) segment is scanned from its start, the last clean point:
 //! every batch's length, magic, count, CRC-32C and offset order is checked, and the file is cut
-//! at the first invalid batch (torn tail, zero padding, garbage). A sealed segment whose index
+//! at the first invalid batch (torn tail, zero padding, garbage, or an older batch: a recycled
+//! file's previous contents, see "Segment recycling" in `log.rs`). A sealed segment whose index
 //! is missing or damaged is rescanned the same way; if that scan finds corruption, the log ends
 //! there and every later segment is deleted, so nothing after the first invalid batch is served.
 //! The persisted log start offset (`log_start.rs`) is read last; segments a crash left wholly
