@@ -431,6 +431,14 @@ fn block_batch(i: u64) -> Vec<u8> {
     build_batch(1, 4096 - 61, 1_000 + i as i64, 1_000 + i as i64)
 }
 
+/// Small segments that hold 16 block batches each, and retention by size down to two of them.
+fn two_segment_retention(path: &Path) -> LogConfig {
+    let mut cfg = small_config(path);
+    cfg.retention_bytes = Some(128 * 1024);
+    cfg.retention_ms = None;
+    cfg
+}
+
 async fn append_blocks(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<u8>)> {
     append_each(log, from, to, block_batch).await
 }
@@ -444,9 +452,7 @@ async fn append_blocks(log: &PartitionLog, from: u64, to: u64) -> Vec<(u64, Vec<
 fn a_recycled_segment_file_never_serves_its_stale_batches() {
     run_in_dir(|path| async move {
         assert_eq!(block_batch(0).len(), 4096);
-        let mut cfg = small_config(&path);
-        cfg.retention_bytes = Some(128 * 1024);
-        cfg.retention_ms = None;
+        let cfg = two_segment_retention(&path);
         let spare = path.join("recycled.spare");
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         // 16 batches per 64 KiB segment: four full segments, the last one active.
@@ -498,9 +504,7 @@ fn a_recycled_segment_file_never_serves_its_stale_batches() {
 #[test]
 fn without_recycling_retention_keeps_no_spare() {
     run_in_dir(|path| async move {
-        let mut cfg = small_config(&path);
-        cfg.retention_bytes = Some(128 * 1024);
-        cfg.retention_ms = None;
+        let mut cfg = two_segment_retention(&path);
         cfg.recycle_segments = false;
         let log = PartitionLog::open(cfg).await.unwrap();
         append_blocks(&log, 0, 64).await;
