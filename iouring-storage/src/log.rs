@@ -696,10 +696,10 @@ impl PartitionLog {
     }
 
     /// One group commit: under the append lock only long enough to submit the dirty tail, then
-    /// the writes and the fdatasync run while appends continue. A second commit may start
-    /// while this one's fdatasync runs, so appenders that just missed this one do not wait for
-    /// it to finish first; each commit waits for every write submitted before it, so the
-    /// durable end only ever covers data an fdatasync made durable.
+    /// the writes and the fdatasync run while appends continue. Up to `COMMITS_IN_FLIGHT_MAX`
+    /// commits run at once; appenders that find no free slot wait and share the next one. Each
+    /// commit waits for every write submitted before it, so the durable end only ever covers
+    /// data an fdatasync made durable.
     async fn commit_once(&self) -> Result<u64> {
         let captured = {
             let _permit = self.lock().await?;
