@@ -24,7 +24,8 @@
 //! wholly below the log start, and nothing lowers the first base: truncation stops at it), so
 //! every stale batch's base offset is below what the scan expects, and the scan stops there.
 //! A spare is kept only when nothing else holds the file open: a read under way would
-//! otherwise read the new segment's data at the old one's positions.
+//! otherwise read the new segment's data at the old one's positions. An append whose
+//! preallocation finds the filesystem full deletes the spare and tries once more.
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
@@ -563,9 +564,12 @@ impl PartitionLog {
             let step = self.cfg().preallocate_step_bytes;
             let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
             let target = end.max(allocated + grow);
-            file.pre_allocate(target, false)
-                .await
-                .map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
+            let mut grown = file.pre_allocate(target, false).await;
+            // A full filesystem: the spare's blocks are this log's own reserve.
+            if grown.as_ref().is_err_and(is_storage_full) && self.release_spare().await {
+                grown = file.pre_allocate(target, false).await;
+            }
+            grown.map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
             self.state_mut().writer.allocated = target;
         }
         self.state_mut().writer.submit();
@@ -824,6 +828,33 @@ impl PartitionLog {
             }
             Err(e) => {
                 tracing::warn!(target: "iouring_storage", path = %spare.display(), error = %e, "cannot reuse the spare segment file; creating a new one");
+                false
+            }
+        }
+    }
+
+    /// Deletes the spare file to give its blocks back, for an append that found the filesystem
+    /// full. Renamed out of the way first, synchronously like `take_spare` and `keep_as_spare`,
+    /// so that a spare kept meanwhile is not the file removed; recovery removes a leftover
+    /// `.tmp`. Returns whether blocks were given back.
+    async fn release_spare(&self) -> bool {
+        if !self.state().spare {
+            return false;
+        }
+        self.state_mut().spare = false;
+        let spare = segment::spare_path(self.dir());
+        let doomed = spare.with_extension("spare.tmp");
+        if let Err(e) = std::fs::rename(&spare, &doomed) {
+            tracing::warn!(target: "iouring_storage", path = %spare.display(), error = %e, "cannot release the spare segment file");
+            return false;
+        }
+        match segment::remove_file("releasing the spare segment file", doomed).await {
+            Ok(()) => {
+                tracing::warn!(target: "iouring_storage", dir = %self.dir().display(), "filesystem full: released the spare segment file");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(target: "iouring_storage", error = %e, "cannot release the spare segment file");
                 false
             }
         }
@@ -1446,4 +1477,10 @@ impl Recovered {
         st.producers.forget_aborted_below(start);
         st
     }
+}
+
+/// ENOSPC, however glommio wrapped it.
+fn is_storage_full(e: &glommio::GlommioError<()>) -> bool {
+    use glommio::GlommioError::{EnhancedIoError, IoError};
+    matches!(e, IoError(source) | EnhancedIoError { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
 }

@@ -805,6 +805,41 @@ fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
     drop(fs);
 }
 
+/// With the filesystem full, an append that needs more preallocated space deletes the
+/// partition's spare segment file (its own reserve) and goes on, where it would otherwise
+/// poison the log.
+#[test]
+fn a_full_disk_takes_back_the_spare_before_failing_an_append() {
+    let fs = SmallFs::new(2 * 1024 * 1024);
+    let path = fs.dir.path().join("p-0");
+    let filler = fs.dir.path().join("filler");
+    run(move || async move {
+        let mut cfg = small_config(&path);
+        cfg.segment_bytes = 256 * 1024;
+        let spare = path.join("recycled.spare");
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        // Two full 256 KiB segments of one-block batches, and 4 blocks of a third; deleting
+        // the first two keeps one of their files as the spare.
+        let mut written = append_blocks(&log, 0, 132).await;
+        log.delete_records_before(128).await.unwrap();
+        assert!(spare.exists(), "one deleted segment's file is kept");
+        written.retain(|(b, _)| *b >= 128);
+
+        // Fill the filesystem: the active segment has preallocated space for 12 more blocks.
+        let mut fill = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 4096];
+        while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
+        drop(fill);
+
+        written.extend(append_blocks(&log, 132, 160).await);
+        assert!(log.poisoned().is_none());
+        assert!(!spare.exists(), "the spare gave its blocks back");
+        assert!(!path.join("recycled.spare.tmp").exists());
+        assert_eq!(read_all(&log).await, written);
+    });
+    drop(fs);
+}
+
 /// The base offset of the first batch whose offsets reach past `offset`, and that batch's index.
 fn batch_holding(written: &[(u64, Vec<u8>)], offset: u64) -> usize {
     written
