@@ -57,7 +57,7 @@ pub struct Flags {
     #[arg(long, env = "BROKER_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
     /// Memory for recently appended batches that tailing consumers read without touching the
-    /// disk, for the whole broker, shared evenly by the shards (default 64 MiB per shard).
+    /// disk, for the whole broker, shared evenly by the shards (default 256 MiB per shard).
     #[arg(long, env = "BROKER_BATCH_CACHE_BYTES")]
     pub batch_cache_bytes: Option<u64>,
     /// Address of the admin HTTP listener serving /metrics, /health and /ready

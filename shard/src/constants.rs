@@ -15,11 +15,15 @@ pub const WAIT_DATA_MAX: Duration = Duration::from_secs(60);
 pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
 
 /// Bytes of recently appended batches one shard keeps to serve tailing consumers without disk
-/// I/O (see `batch_cache.rs`). Sized to hold a few seconds of a busy core's produce traffic, so
-/// a consumer keeping up never reads the disk, while staying small beside the core's share of
-/// memory. Charged per batch length plus a fixed overhead; a lower bound of what it keeps
-/// alive, since a cached batch shares its produce request's frame.
-pub const BATCH_CACHE_BYTES_PER_SHARD_DEFAULT: usize = 64 * 1024 * 1024;
+/// I/O (see `batch_cache.rs`). A consumer that falls further behind than this reads the disk,
+/// and at a high produce rate it does not catch up (see ARCHITECTURE.md, Known hazards), so
+/// the cache must outlast the stalls a shared machine has: 256 MiB is about 0.8 s of a core's
+/// share at 670 MB/s. With 64 MiB (0.2 s), 1 of 2 three-minute runs at 657,730 msg/s (soak
+/// topic settings) and the harness soak lost the consumer to the disk; with 256 MiB neither of
+/// 2 did, and 20 s runs showed no cost in latency (3 alternating runs each). Charged per batch
+/// length plus a fixed overhead; a lower bound of what it keeps alive, since a cached batch
+/// shares its produce request's frame.
+pub const BATCH_CACHE_BYTES_PER_SHARD_DEFAULT: usize = 256 * 1024 * 1024;
 
 /// Keys one compaction pass maps to their latest offset (16-byte hash and 8-byte offset each,
 /// about 24 MiB of map at most, per shard, since a shard compacts one partition at a time).
