@@ -16,9 +16,9 @@ pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
 
 /// Bytes of recently appended batches one shard keeps to serve tailing consumers without disk
 /// I/O (see `batch_cache.rs`). A consumer that falls further behind than this reads the disk,
-/// and at a high produce rate it does not catch up (see ARCHITECTURE.md, Known hazards), so
-/// the cache must outlast the stalls a shared machine has: 256 MiB is about 0.8 s of a core's
-/// share at 670 MB/s. With 64 MiB (0.2 s), 1 of 2 three-minute runs at 657,730 msg/s (soak
+/// and at a high produce rate it does not catch up (see ARCHITECTURE.md, Measured hazards),
+/// so the cache must outlast the stalls a shared machine has: 256 MiB is about 0.8 s of one
+/// shard's half of 670 MB/s. With 64 MiB (0.2 s), 1 of 2 three-minute runs at 657,730 msg/s (soak
 /// topic settings) and the harness soak lost the consumer to the disk; with 256 MiB neither of
 /// 2 did, and 20 s runs showed no cost in latency (3 alternating runs each). Charged per batch
 /// length plus a fixed overhead; a lower bound of what it keeps alive, since a cached batch
