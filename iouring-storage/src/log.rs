@@ -664,8 +664,12 @@ impl PartitionLog {
                         log_end: st.log_end,
                     });
                 }
-                // Join a running commit that covers us, or wait for a free slot.
-                if st.commit_covers >= offset || st.commits_running >= COMMITS_IN_FLIGHT_MAX {
+                // Join a running commit that covers us, or wait for a free slot. A second commit
+                // of this log only while no other log on this thread is committing: see
+                // `COMMITS_IN_FLIGHT_MAX`.
+                let busy = st.commits_running >= COMMITS_IN_FLIGHT_MAX
+                    || (st.commits_running > 0 && THREAD_COMMITS_RUNNING.get() > st.commits_running);
+                if st.commit_covers >= offset || busy {
                     Some(self.inner.durable_changed.listen())
                 } else {
                     None
@@ -674,11 +678,8 @@ impl PartitionLog {
             match listen {
                 Some(l) => l.await,
                 None => {
-                    self.state_mut().commits_running += 1;
-                    let r = self.commit_once().await;
-                    self.state_mut().commits_running -= 1;
-                    self.inner.durable_changed.notify_all();
-                    r?;
+                    let _slot = CommitSlot::take(self);
+                    self.commit_once().await?;
                 }
             }
         }
@@ -1483,4 +1484,31 @@ impl Recovered {
 fn is_storage_full(e: &glommio::GlommioError<()>) -> bool {
     use glommio::GlommioError::{EnhancedIoError, IoError};
     matches!(e, IoError(source) | EnhancedIoError { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+}
+
+thread_local! {
+    /// Group commits running on this thread, over all its logs (a log never leaves its thread).
+    static THREAD_COMMITS_RUNNING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One running group commit, counted in its log and on its thread until dropped (also when the
+/// commit's future is dropped halfway), which then wakes the log's waiters.
+struct CommitSlot<'a> {
+    log: &'a PartitionLog,
+}
+
+impl<'a> CommitSlot<'a> {
+    fn take(log: &'a PartitionLog) -> Self {
+        log.state_mut().commits_running += 1;
+        THREAD_COMMITS_RUNNING.set(THREAD_COMMITS_RUNNING.get() + 1);
+        CommitSlot { log }
+    }
+}
+
+impl Drop for CommitSlot<'_> {
+    fn drop(&mut self) {
+        self.log.state_mut().commits_running -= 1;
+        THREAD_COMMITS_RUNNING.set(THREAD_COMMITS_RUNNING.get() - 1);
+        self.log.inner.durable_changed.notify_all();
+    }
 }
