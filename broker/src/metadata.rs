@@ -5,6 +5,12 @@
 //! rare) serialize on a mutex, write the whole document durably (temporary file, fsync,
 //! rename, directory fsync), then publish the new snapshot. The document is small: it lists
 //! topics, not data. On disk: `<data_dir>/__cluster_metadata/cluster.json`.
+//!
+//! Beside it a reserve file (`reserve`, at least `RESERVE_BYTES_MIN` of written zeros) holds
+//! space for a metadata write that frees space: on a full disk, deleting a topic gives up the
+//! reserve to write the document, then its partitions' files go. Without it, DeleteTopics on a
+//! full disk failed (its write needs a new file), and an operator could not free space through
+//! Kafka's API. The reserve is written again at the next metadata write that finds room.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +27,9 @@ use crate::topic_config::Effective;
 const FORMAT_VERSION: u32 = 1;
 const META_DIR: &str = "__cluster_metadata";
 const META_FILE: &str = "cluster.json";
+const RESERVE_FILE: &str = "reserve";
+/// The reserve holds at least this much, and twice the document when that is more.
+const RESERVE_BYTES_MIN: usize = 1024 * 1024;
 
 /// Producer ids reserved in the metadata at a time, as Kafka's controller hands them to
 /// brokers: one metadata write (an fsync) per this many InitProducerId requests.
@@ -149,6 +158,7 @@ impl MetaStore {
         })?;
         let path = dir.join(META_FILE);
         let _ = std::fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
+        let _ = std::fs::remove_file(dir.join(format!("{RESERVE_FILE}.tmp")));
         let (mut meta, fresh) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let meta: ClusterMeta = serde_json::from_slice(&bytes).map_err(|e| MetaError::Corrupt {
@@ -203,7 +213,9 @@ impl MetaStore {
             broker_defaults,
         };
         if fresh || moved > 0 {
-            store.persist(&meta)?;
+            store.persist(&meta, false)?;
+        } else {
+            store.keep_reserve(serde_json::to_vec_pretty(&meta).expect("metadata serializes").len());
         }
         if moved > 0 {
             tracing::info!(target: "broker", moved, shards, "partitions moved to existing shards");
@@ -276,35 +288,107 @@ impl MetaStore {
     /// Applies `change` to a copy of the metadata; if it returns Ok, persists and publishes
     /// the copy. Blocking (fsync): call from a blocking thread, not a shard's reactor.
     pub fn update<R, E>(&self, change: impl FnOnce(&mut ClusterMeta, usize) -> Result<R, E>) -> Result<Result<R, E>, MetaError> {
+        self.update_inner(change, false)
+    }
+
+    /// `update` for a change that frees disk space (deleting a topic): on a full disk its
+    /// write may take the reserve's space (see the module comment).
+    pub fn update_freeing<R, E>(&self, change: impl FnOnce(&mut ClusterMeta, usize) -> Result<R, E>) -> Result<Result<R, E>, MetaError> {
+        self.update_inner(change, true)
+    }
+
+    fn update_inner<R, E>(
+        &self,
+        change: impl FnOnce(&mut ClusterMeta, usize) -> Result<R, E>,
+        may_use_reserve: bool,
+    ) -> Result<Result<R, E>, MetaError> {
         let _guard = self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = (*self.current.load_full()).clone();
         let r = match change(&mut next, self.shards) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        self.persist(&next)?;
+        self.persist(&next, may_use_reserve)?;
         self.current.store(Arc::new(next));
         Ok(Ok(r))
     }
 
-    fn persist(&self, meta: &ClusterMeta) -> Result<(), MetaError> {
-        let path = self.dir.join(META_FILE);
-        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
+    /// Writes the document durably; on a full disk, when allowed, gives up the reserve and
+    /// tries once more. Then keeps the reserve, if there is room for it.
+    fn persist(&self, meta: &ClusterMeta, may_use_reserve: bool) -> Result<(), MetaError> {
         let bytes = serde_json::to_vec_pretty(meta).expect("metadata serializes");
-        let io = |op: &'static str, p: &Path| {
-            let p = p.to_owned();
-            move |source| MetaError::Io { op, path: p, source }
-        };
-        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing", &self.dir))?;
+        match self.write_document(&bytes) {
+            Err(MetaError::Io { source, .. })
+                if may_use_reserve && source.kind() == std::io::ErrorKind::StorageFull && self.give_up_reserve() =>
+            {
+                tracing::warn!(target: "broker", "disk full: the metadata write takes the reserved space");
+                self.write_document(&bytes)?;
+            }
+            written => written?,
+        }
+        self.keep_reserve(bytes.len());
         Ok(())
     }
+
+    fn write_document(&self, bytes: &[u8]) -> Result<(), MetaError> {
+        let path = self.dir.join(META_FILE);
+        let tmp = self.dir.join(format!("{META_FILE}.tmp"));
+        let written = write_durably(&tmp, |f| f.write_all(bytes)).and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(io_error("renaming", &path))?;
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("syncing", &self.dir))
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Deletes the reserve; whether there was one to delete.
+    fn give_up_reserve(&self) -> bool {
+        std::fs::remove_file(self.dir.join(RESERVE_FILE)).is_ok()
+    }
+
+    /// Makes sure the reserve holds at least `RESERVE_BYTES_MIN` and twice a document of
+    /// `document_bytes`. A full disk leaves it missing or short, with a warning, until a later
+    /// metadata write finds room.
+    fn keep_reserve(&self, document_bytes: usize) {
+        let path = self.dir.join(RESERVE_FILE);
+        let want = RESERVE_BYTES_MIN.max(2 * document_bytes);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= want as u64) {
+            return;
+        }
+        let tmp = self.dir.join(format!("{RESERVE_FILE}.tmp"));
+        let zeros = |f: &mut std::fs::File| -> std::io::Result<()> {
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = want;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                f.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            Ok(())
+        };
+        let kept = write_durably(&tmp, zeros).and_then(|()| std::fs::rename(&tmp, &path).map_err(io_error("renaming", &path)));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(target: "broker", error = %e, bytes = want,
+                "cannot keep the metadata reserve; on a full disk DeleteTopics fails until space frees");
+        }
+    }
+}
+
+/// Creates `path`, fills it with `fill` and fsyncs it.
+fn write_durably(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), MetaError> {
+    let mut f = std::fs::File::create(path).map_err(io_error("creating", path))?;
+    fill(&mut f).map_err(io_error("writing", path))?;
+    f.sync_all().map_err(io_error("syncing", path))
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> MetaError {
+    let path = path.to_owned();
+    move |source| MetaError::Io { op, path, source }
 }
 
 /// A fresh producer id: from the reserved block on the reactor when one is left, else on a

@@ -45,6 +45,11 @@ fn require_kafka_python() {
 
 /// Runs `python3 admin_test.py <bootstrap> <data dir> <case>` (see `common::run_python_case`).
 fn run_case(broker: &BrokerProcess, case: &str) {
+    run_case_expecting(broker, case, &[]);
+}
+
+/// `run_case` for a case whose broker log must hold each of `expected` warnings, and no others.
+fn run_case_expecting(broker: &BrokerProcess, case: &str, expected: &[&str]) {
     require_kafka_python();
     let bootstrap = broker.bootstrap();
     let args = [
@@ -52,7 +57,7 @@ fn run_case(broker: &BrokerProcess, case: &str) {
         broker.data_dir.as_os_str(),
         std::ffi::OsStr::new(case),
     ];
-    common::run_python_case(broker, SCRIPT, &args, case, CASE_TIMEOUT);
+    common::run_python_case_expecting(broker, SCRIPT, &args, case, CASE_TIMEOUT, expected);
 }
 
 fn case(name: &str) {
@@ -127,4 +132,53 @@ fn kafka_python_admin_client_lists_and_describes_topics() {
 #[test]
 fn offset_for_leader_epoch_answers_epoch_zero_with_the_high_watermark() {
     case("offset_for_leader_epoch");
+}
+
+/// A tmpfs of `bytes` holding the broker's data directory, unmounted on drop. Needs root, as CI
+/// and these machines run.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(bytes: u64) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a small tmpfs for the full-disk test needs root");
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazily: the broker may still hold a file for a moment after it exits.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn delete_topics_frees_a_full_disk() {
+    let fs = SmallFs::new(48 * 1024 * 1024);
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("broker.toml");
+    std::fs::write(&config, "shards = 2\n").unwrap();
+    let mut broker = BrokerProcess::start_in(Some(fs.dir.path().join("data")), &["--config", config.to_str().unwrap()]);
+    run_case_expecting(
+        &broker,
+        "delete_topics_on_full_disk",
+        &[
+            // The filler topic's append that found the disk full, and the broker's answer.
+            "partition log poisoned",
+            "partition storage failure",
+            // CreateTopics may not use the reserve.
+            "writing metadata failed",
+            // DeleteTopics did.
+            "disk full: the metadata write takes the reserved space",
+        ],
+    );
+    broker.stop();
 }

@@ -78,8 +78,9 @@ fn result(name: Option<&str>, id: uuid::Uuid, error: Option<Refusal>, version: i
 /// Removes the topic from the metadata, then drops its partitions on their owners.
 async fn delete(broker: &Broker, target: Target) -> Result<TopicMeta, Refusal> {
     let meta = broker.meta.clone();
+    // Deleting frees space: on a full disk its metadata write may use the reserve.
     let change = move || {
-        meta.update(|m, _| {
+        meta.update_freeing(|m, _| {
             let name = match &target {
                 Target::Name(n) => n.clone(),
                 Target::Id(id) => match m.topic_by_id(*id) {

@@ -30,8 +30,14 @@ pub fn free_port() -> u16 {
 impl BrokerProcess {
     /// Starts a broker on a fresh data directory with `args` added to its command line.
     pub fn start(args: &[&str]) -> BrokerProcess {
+        Self::start_in(None, args)
+    }
+
+    /// Starts a broker on `data_dir` (for example on a small filesystem the test mounted), or
+    /// on a fresh directory when `None`, with `args` added to its command line.
+    pub fn start_in(data_dir: Option<PathBuf>, args: &[&str]) -> BrokerProcess {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let data_dir = tmp.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut b = BrokerProcess {
             port: free_port(),
             admin_port: free_port(),
@@ -227,6 +233,19 @@ pub fn run_client(command: &mut Command, input: &[u8], timeout: Duration) -> Cli
 /// Runs `python3 <script> <args...>` against `broker` and panics with the script's output and
 /// the broker's log unless it exits 0 within `timeout`, or if the broker logged a warning.
 pub fn run_python_case(broker: &BrokerProcess, script: &str, args: &[&std::ffi::OsStr], case: &str, timeout: Duration) {
+    run_python_case_expecting(broker, script, args, case, timeout, &[]);
+}
+
+/// `run_python_case` for a case that provokes warnings: each of `expected` must occur in the
+/// broker's warnings, and every warning must contain one of them.
+pub fn run_python_case_expecting(
+    broker: &BrokerProcess,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    case: &str,
+    timeout: Duration,
+    expected: &[&str],
+) {
     assert!(Path::new(script).exists(), "{script} is missing");
     let mut command = Command::new("python3");
     command
@@ -247,7 +266,14 @@ pub fn run_python_case(broker: &BrokerProcess, script: &str, args: &[&std::ffi::
         Some(_) => {}
     }
     let problems = broker.problems();
-    assert!(problems.is_empty(), "case `{case}`: warnings in the broker log: {problems:#?}");
+    for e in expected {
+        assert!(
+            problems.iter().any(|p| p.contains(e)),
+            "case `{case}`: no warning `{e}` in the broker log\n{output}"
+        );
+    }
+    let unexpected: Vec<&String> = problems.iter().filter(|p| !expected.iter().any(|e| p.contains(e))).collect();
+    assert!(unexpected.is_empty(), "case `{case}`: warnings in the broker log: {unexpected:#?}");
 }
 
 /// A plain HTTP/1.1 GET: the status code and the body. Enough for the broker's admin listener,

@@ -21,7 +21,7 @@ import uuid
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import BrokerResponseError, MessageSizeTooLargeError
+from kafka.errors import BrokerResponseError, KafkaStorageError, MessageSizeTooLargeError
 from kafka.protocol.api import Request, Response
 from kafka.protocol.metadata import MetadataRequest
 from kafka.protocol.offset_for_leader_epoch import (OffsetForLeaderEpochRequest, OffsetForLeaderEpochRequest_v4,
@@ -43,6 +43,7 @@ INVALID_PARTITIONS = 37
 INVALID_REPLICA_ASSIGNMENT = 39
 INVALID_CONFIG = 40
 INVALID_REQUEST = 42
+KAFKA_STORAGE_ERROR = 56
 UNKNOWN_LEADER_EPOCH = 75
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_TOPIC_ID = 100
@@ -389,6 +390,51 @@ def case_delete_topics():
     a.close()
 
 
+def case_delete_topics_on_full_disk():
+    """DATA_DIR lies on a small filesystem of its own (admin.rs mounts it). A topic fills it
+    until appends fail, a file takes whatever room is left, and then deleting that topic must
+    still work (its metadata write uses the broker's reserve) and give the space back."""
+    a = admin()
+    create_topic(a, "filler", 1)
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=0, retries=0,
+                             request_timeout_ms=REQUEST_TIMEOUT_MS, max_block_ms=REQUEST_TIMEOUT_MS)
+    value = b"f" * (256 * 1024)
+    failed = None
+    for i in range(1000):
+        try:
+            producer.send("filler", value=value, partition=0).get(timeout=REQUEST_TIMEOUT_MS / 1000)
+        except KafkaStorageError as e:
+            failed = i
+            break
+    producer.close(timeout=5)
+    check(failed is not None, "an append to filler failed with KAFKA_STORAGE_ERROR before 250 MiB")
+
+    # Whatever room the failed preallocation left goes to a plain file.
+    fd = os.open(os.path.join(os.path.dirname(DATA_DIR), "fill"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        check_eq(e.errno, 28, "filling the filesystem ends in ENOSPC")
+    finally:
+        os.close(fd)
+    check_eq(error_code_of(lambda: a.create_topics([NewTopic("no-room", num_partitions=1, replication_factor=1)])),
+             KAFKA_STORAGE_ERROR, "CreateTopics on the full disk (it may not take the reserve)")
+
+    response = a.delete_topics(["filler"])
+    check_eq([tuple(t) for t in response.topic_error_codes], [("filler", NONE)], "DeleteTopics on the full disk")
+    check(not os.path.exists(partition_dir("filler", 0)), "filler-0 directory removed")
+    check("filler" not in list_topics(a), "filler no longer listed")
+
+    # The space is back: a new topic takes records, and the reserve is whole again.
+    create_topic(a, "after", 1)
+    check_eq(produce("after", [b"a", b"b"]), [0, 1], "offsets of records produced after the deletion")
+    check_eq([r.value for r in consume_from_beginning("after", 0, 2)], [b"a", b"b"], "records read back")
+    reserve = os.path.join(DATA_DIR, "__cluster_metadata", "reserve")
+    check(os.path.getsize(reserve) >= 1024 * 1024, "the metadata reserve is written again")
+    a.close()
+
+
 def case_create_partitions():
     a = admin()
     create_topic(a, "grow", 1)
@@ -663,6 +709,7 @@ def case_offset_for_leader_epoch():
 
 CASES = {
     "delete_topics": case_delete_topics,
+    "delete_topics_on_full_disk": case_delete_topics_on_full_disk,
     "create_partitions": case_create_partitions,
     "configs": case_configs,
     "config_effects": case_config_effects,
