@@ -79,6 +79,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is the filesystem saying it is full (ENOSPC).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Self {
         Error::Io {
             op,

@@ -25,7 +25,8 @@
 //! every stale batch's base offset is below what the scan expects, and the scan stops there.
 //! A spare is kept only when nothing else holds the file open: a read under way would
 //! otherwise read the new segment's data at the old one's positions. An append whose
-//! preallocation finds the filesystem full deletes the spare and tries once more.
+//! preallocation finds the filesystem full deletes the spare and tries once more, then deletes
+//! the spares of the other logs on its thread and tries again.
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
@@ -246,17 +247,20 @@ impl PartitionLog {
     pub async fn open(config: LogConfig) -> Result<PartitionLog> {
         config.validate()?;
         let state = crate::recovery::recover(&config).await?;
-        Ok(PartitionLog {
-            inner: Rc::new(Inner {
-                dir: config.dir.clone(),
-                config: RefCell::new(config),
-                state: RefCell::new(state.into_state()),
-                append_lock: Semaphore::new(1),
-                deleting: Semaphore::new(1),
-                durable_changed: Notify::default(),
-                seal_listener: RefCell::new(None),
-            }),
-        })
+        let inner = Rc::new(Inner {
+            dir: config.dir.clone(),
+            config: RefCell::new(config),
+            state: RefCell::new(state.into_state()),
+            append_lock: Semaphore::new(1),
+            deleting: Semaphore::new(1),
+            durable_changed: Notify::default(),
+            seal_listener: RefCell::new(None),
+        });
+        THREAD_LOGS.with_borrow_mut(|logs| {
+            logs.retain(|l| l.strong_count() > 0);
+            logs.push(Rc::downgrade(&inner));
+        });
+        Ok(PartitionLog { inner })
     }
 
     /// The configuration in force now (a copy: `set_config` may replace it).
@@ -565,8 +569,12 @@ impl PartitionLog {
             let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
             let target = end.max(allocated + grow);
             let mut grown = file.pre_allocate(target, false).await;
-            // A full filesystem: the spare's blocks are this log's own reserve.
+            // A full filesystem: the spare's blocks are this log's own reserve, and then the
+            // spares of the other logs on this thread.
             if grown.as_ref().is_err_and(is_storage_full) && self.release_spare().await {
+                grown = file.pre_allocate(target, false).await;
+            }
+            if grown.as_ref().is_err_and(is_storage_full) && release_thread_spares().await {
                 grown = file.pre_allocate(target, false).await;
             }
             grown.map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
@@ -1116,9 +1124,18 @@ impl PartitionLog {
         if offset <= log_start {
             return Ok(log_start);
         }
-        crate::log_start::store(self.dir(), offset)
-            .await
-            .map_err(|e| self.poison(format!("persisting log start offset {offset}: {e}")))?;
+        // On a full disk the spares give their blocks back, as for an append. If there is
+        // still no room, nothing has changed (the old start file stands) and the log stays
+        // writable: refusing the request is enough.
+        let mut stored = crate::log_start::store(self.dir(), offset).await;
+        if stored.as_ref().is_err_and(Error::is_storage_full) && (self.release_spare().await || release_thread_spares().await) {
+            stored = crate::log_start::store(self.dir(), offset).await;
+        }
+        match stored {
+            Ok(()) => {}
+            Err(e) if e.is_storage_full() => return Err(e),
+            Err(e) => return Err(self.poison(format!("persisting log start offset {offset}: {e}"))),
+        }
         let doomed: Vec<u64> = {
             let mut st = self.state_mut();
             st.log_start_offset = offset;
@@ -1489,6 +1506,25 @@ fn is_storage_full(e: &glommio::GlommioError<()>) -> bool {
 thread_local! {
     /// Group commits running on this thread, over all its logs (a log never leaves its thread).
     static THREAD_COMMITS_RUNNING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The logs opened on this thread, for an append that finds the filesystem full.
+    static THREAD_LOGS: RefCell<Vec<std::rc::Weak<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Deletes the spare file of every open log on this thread, for an append that found the
+/// filesystem full with no spare of its own. Returns whether any blocks were given back.
+async fn release_thread_spares() -> bool {
+    let holders: Vec<PartitionLog> = THREAD_LOGS.with_borrow(|logs| {
+        logs.iter()
+            .filter_map(std::rc::Weak::upgrade)
+            .map(|inner| PartitionLog { inner })
+            .filter(|log| log.state().spare && !log.state().closed)
+            .collect()
+    });
+    let mut released = false;
+    for log in holders {
+        released |= log.release_spare().await;
+    }
+    released
 }
 
 /// One running group commit, counted in its log and on its thread until dropped (also when the

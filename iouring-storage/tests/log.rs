@@ -840,6 +840,90 @@ fn a_full_disk_takes_back_the_spare_before_failing_an_append() {
     drop(fs);
 }
 
+#[test]
+fn a_full_disk_takes_back_the_spares_of_other_logs_on_the_thread() {
+    let fs = SmallFs::new(2 * 1024 * 1024);
+    let (full, holder) = (fs.dir.path().join("p-0"), fs.dir.path().join("p-1"));
+    let filler = fs.dir.path().join("filler");
+    run(move || async move {
+        let mut cfg = small_config(&holder);
+        cfg.segment_bytes = 256 * 1024;
+        let spare = holder.join("recycled.spare");
+        let other = PartitionLog::open(cfg.clone()).await.unwrap();
+        // As above: a spare of 256 KiB in the other log.
+        append_blocks(&other, 0, 132).await;
+        other.delete_records_before(128).await.unwrap();
+        assert!(spare.exists(), "one deleted segment's file is kept");
+
+        let mut cfg = small_config(&full);
+        cfg.segment_bytes = 256 * 1024;
+        let log = PartitionLog::open(cfg).await.unwrap();
+        let mut written = append_blocks(&log, 0, 4).await;
+        let mut fill = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 4096];
+        while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
+        drop(fill);
+
+        // This log has no spare of its own: the other's blocks make room for it.
+        written.extend(append_blocks(&log, 4, 40).await);
+        assert!(log.poisoned().is_none());
+        assert!(!spare.exists(), "the other log's spare gave its blocks back");
+        assert_eq!(read_all(&log).await, written);
+        // The other log carries on without its spare.
+        assert!(other.poisoned().is_none());
+        other.roll().await.unwrap();
+    });
+    drop(fs);
+}
+
+/// DeleteRecords must persist the new log start. On a full disk it takes the spares back, as an
+/// append does; with none left it refuses, and the log stays as it was and writable.
+#[test]
+fn delete_records_on_a_full_disk_uses_the_spares_or_refuses_without_poisoning() {
+    let fs = SmallFs::new(2 * 1024 * 1024);
+    let (path, holder) = (fs.dir.path().join("p-0"), fs.dir.path().join("p-1"));
+    let filler = fs.dir.path().join("filler");
+    run(move || async move {
+        let mut cfg = small_config(&holder);
+        cfg.segment_bytes = 256 * 1024;
+        let spare = holder.join("recycled.spare");
+        let other = PartitionLog::open(cfg.clone()).await.unwrap();
+        append_blocks(&other, 0, 132).await;
+        other.delete_records_before(128).await.unwrap();
+        assert!(spare.exists(), "one deleted segment's file is kept");
+
+        // No spare of its own (recycling off), so only the other log's can make room.
+        let mut cfg = small_config(&path);
+        cfg.recycle_segments = false;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let written = append_blocks(&log, 0, 40).await;
+        let fill = || {
+            let mut fill = std::fs::OpenOptions::new().create(true).append(true).open(&filler).unwrap();
+            let chunk = vec![7u8; 4096];
+            while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
+        };
+        fill();
+        assert_eq!(log.delete_records_before(20).await.unwrap(), 20);
+        assert!(!spare.exists(), "the other log's spare gave its blocks back");
+
+        fill();
+        let refused = log.delete_records_before(30).await.unwrap_err();
+        assert!(refused.is_storage_full(), "{refused}");
+        assert!(log.poisoned().is_none(), "a refused DeleteRecords leaves the log writable");
+        assert_eq!(log.offsets().log_start, 20);
+        let first = batch_holding(&written, 20);
+        assert_eq!(read_all(&log).await, written[first..].to_vec());
+
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(log.delete_records_before(30).await.unwrap(), 30);
+        append_blocks(&log, 40, 44).await;
+        drop(log);
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert_eq!(log.offsets().log_start, 30, "the start survives a reopen");
+    });
+    drop(fs);
+}
+
 /// The base offset of the first batch whose offsets reach past `offset`, and that batch's index.
 fn batch_holding(written: &[(u64, Vec<u8>)], offset: u64) -> usize {
     written
