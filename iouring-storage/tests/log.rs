@@ -805,6 +805,28 @@ fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
     drop(fs);
 }
 
+/// A log in `dir` with 256 KiB segments that holds a spare: two full segments of one-block
+/// batches and 4 blocks of a third, the first two deleted (one of their files is kept). Returns
+/// the log, the batches it still holds, and the spare's path.
+async fn log_with_spare(dir: &Path) -> (PartitionLog, Vec<(u64, Vec<u8>)>, PathBuf) {
+    let mut cfg = small_config(dir);
+    cfg.segment_bytes = 256 * 1024;
+    let log = PartitionLog::open(cfg).await.unwrap();
+    let mut written = append_blocks(&log, 0, 132).await;
+    log.delete_records_before(128).await.unwrap();
+    let spare = dir.join("recycled.spare");
+    assert!(spare.exists(), "one deleted segment's file is kept");
+    written.retain(|(b, _)| *b >= 128);
+    (log, written, spare)
+}
+
+/// Fills the filesystem holding `path` by appending to that file until a write fails.
+fn fill_filesystem(path: &Path) {
+    let mut fill = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let chunk = vec![7u8; 4096];
+    while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
+}
+
 /// With the filesystem full, an append that needs more preallocated space deletes the
 /// partition's spare segment file (its own reserve) and goes on, where it would otherwise
 /// poison the log.
@@ -814,22 +836,9 @@ fn a_full_disk_takes_back_the_spare_before_failing_an_append() {
     let path = fs.dir.path().join("p-0");
     let filler = fs.dir.path().join("filler");
     run(move || async move {
-        let mut cfg = small_config(&path);
-        cfg.segment_bytes = 256 * 1024;
-        let spare = path.join("recycled.spare");
-        let log = PartitionLog::open(cfg.clone()).await.unwrap();
-        // Two full 256 KiB segments of one-block batches, and 4 blocks of a third; deleting
-        // the first two keeps one of their files as the spare.
-        let mut written = append_blocks(&log, 0, 132).await;
-        log.delete_records_before(128).await.unwrap();
-        assert!(spare.exists(), "one deleted segment's file is kept");
-        written.retain(|(b, _)| *b >= 128);
-
+        let (log, mut written, spare) = log_with_spare(&path).await;
         // Fill the filesystem: the active segment has preallocated space for 12 more blocks.
-        let mut fill = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![7u8; 4096];
-        while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
-        drop(fill);
+        fill_filesystem(&filler);
 
         written.extend(append_blocks(&log, 132, 160).await);
         assert!(log.poisoned().is_none());
@@ -846,23 +855,12 @@ fn a_full_disk_takes_back_the_spares_of_other_logs_on_the_thread() {
     let (full, holder) = (fs.dir.path().join("p-0"), fs.dir.path().join("p-1"));
     let filler = fs.dir.path().join("filler");
     run(move || async move {
-        let mut cfg = small_config(&holder);
-        cfg.segment_bytes = 256 * 1024;
-        let spare = holder.join("recycled.spare");
-        let other = PartitionLog::open(cfg.clone()).await.unwrap();
-        // As above: a spare of 256 KiB in the other log.
-        append_blocks(&other, 0, 132).await;
-        other.delete_records_before(128).await.unwrap();
-        assert!(spare.exists(), "one deleted segment's file is kept");
-
+        let (other, _, spare) = log_with_spare(&holder).await;
         let mut cfg = small_config(&full);
         cfg.segment_bytes = 256 * 1024;
         let log = PartitionLog::open(cfg).await.unwrap();
         let mut written = append_blocks(&log, 0, 4).await;
-        let mut fill = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![7u8; 4096];
-        while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
-        drop(fill);
+        fill_filesystem(&filler);
 
         // This log has no spare of its own: the other's blocks make room for it.
         written.extend(append_blocks(&log, 4, 40).await);
@@ -884,29 +882,17 @@ fn delete_records_on_a_full_disk_uses_the_spares_or_refuses_without_poisoning() 
     let (path, holder) = (fs.dir.path().join("p-0"), fs.dir.path().join("p-1"));
     let filler = fs.dir.path().join("filler");
     run(move || async move {
-        let mut cfg = small_config(&holder);
-        cfg.segment_bytes = 256 * 1024;
-        let spare = holder.join("recycled.spare");
-        let other = PartitionLog::open(cfg.clone()).await.unwrap();
-        append_blocks(&other, 0, 132).await;
-        other.delete_records_before(128).await.unwrap();
-        assert!(spare.exists(), "one deleted segment's file is kept");
-
+        let (_other, _, spare) = log_with_spare(&holder).await;
         // No spare of its own (recycling off), so only the other log's can make room.
         let mut cfg = small_config(&path);
         cfg.recycle_segments = false;
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
         let written = append_blocks(&log, 0, 40).await;
-        let fill = || {
-            let mut fill = std::fs::OpenOptions::new().create(true).append(true).open(&filler).unwrap();
-            let chunk = vec![7u8; 4096];
-            while std::io::Write::write_all(&mut fill, &chunk).is_ok() {}
-        };
-        fill();
+        fill_filesystem(&filler);
         assert_eq!(log.delete_records_before(20).await.unwrap(), 20);
         assert!(!spare.exists(), "the other log's spare gave its blocks back");
 
-        fill();
+        fill_filesystem(&filler);
         let refused = log.delete_records_before(30).await.unwrap_err();
         assert!(refused.is_storage_full(), "{refused}");
         assert!(log.poisoned().is_none(), "a refused DeleteRecords leaves the log writable");
