@@ -568,16 +568,9 @@ impl PartitionLog {
             let step = self.cfg().preallocate_step_bytes;
             let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
             let target = end.max(allocated + grow);
-            let mut grown = file.pre_allocate(target, false).await;
-            // A full filesystem: the spare's blocks are this log's own reserve, and then the
-            // spares of the other logs on this thread.
-            if grown.as_ref().is_err_and(is_storage_full) && self.release_spare().await {
-                grown = file.pre_allocate(target, false).await;
-            }
-            if grown.as_ref().is_err_and(is_storage_full) && release_thread_spares().await {
-                grown = file.pre_allocate(target, false).await;
-            }
-            grown.map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
+            self.with_room(is_storage_full, || file.pre_allocate(target, false))
+                .await
+                .map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
             self.state_mut().writer.allocated = target;
         }
         self.state_mut().writer.submit();
@@ -842,7 +835,24 @@ impl PartitionLog {
         }
     }
 
-    /// Deletes the spare file to give its blocks back, for an append that found the filesystem
+    /// Runs `attempt`, and while it finds the filesystem full (`full`), gives spare files back
+    /// and runs it again: first this log's spare (its own reserve), then those of the other
+    /// logs on this thread.
+    async fn with_room<T, E, Fut>(&self, full: impl Fn(&E) -> bool, attempt: impl Fn() -> Fut) -> std::result::Result<T, E>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    {
+        let mut outcome = attempt().await;
+        if outcome.as_ref().is_err_and(&full) && self.release_spare().await {
+            outcome = attempt().await;
+        }
+        if outcome.as_ref().is_err_and(&full) && release_thread_spares().await {
+            outcome = attempt().await;
+        }
+        outcome
+    }
+
+    /// Deletes the spare file to give its blocks back, for a write that found the filesystem
     /// full. Renamed out of the way first, synchronously like `take_spare` and `keep_as_spare`,
     /// so that a spare kept meanwhile is not the file removed; recovery removes a leftover
     /// `.tmp`. Returns whether blocks were given back.
@@ -1124,13 +1134,11 @@ impl PartitionLog {
         if offset <= log_start {
             return Ok(log_start);
         }
-        // On a full disk the spares give their blocks back, as for an append. If there is
-        // still no room, nothing has changed (the old start file stands) and the log stays
-        // writable: refusing the request is enough.
-        let mut stored = crate::log_start::store(self.dir(), offset).await;
-        if stored.as_ref().is_err_and(Error::is_storage_full) && (self.release_spare().await || release_thread_spares().await) {
-            stored = crate::log_start::store(self.dir(), offset).await;
-        }
+        // With still no room once the spares are gone, nothing has changed (the old start
+        // file stands) and the log stays writable: refusing the request is enough.
+        let stored = self
+            .with_room(Error::is_storage_full, || crate::log_start::store(self.dir(), offset))
+            .await;
         match stored {
             Ok(()) => {}
             Err(e) if e.is_storage_full() => return Err(e),
