@@ -22,7 +22,8 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     /// Bytes between sparse index entries (`index.interval.bytes`).
     pub index_interval_bytes: u32,
-    /// Size of one aligned write buffer; also the size of a full-buffer write.
+    /// Largest aligned write buffer, and so the largest full-buffer write. A log's buffer
+    /// starts at `WRITE_BUFFER_BYTES_MIN` and grows to this while its commits fill it.
     pub write_buffer_bytes: usize,
     /// Writes in flight before an append waits.
     pub writes_in_flight_max: usize,

@@ -1,6 +1,7 @@
 //! The active segment's write pipeline: an aligned staging buffer and the writes in flight.
 //!
-//! Appends copy batches into the buffer. A full buffer is written whole; a commit writes the
+//! Appends copy batches into the buffer, which is sized from the writes before it (see
+//! `Writer::next_capacity`). A full buffer is written whole; a commit writes the
 //! dirty tail rounded up to the write alignment (zero padded). The partial last block it leaves
 //! becomes the head: later bytes complete it first, and it is rewritten by a write of its own,
 //! one block long, while the bytes after it go in a buffer that starts on the next block. Two
@@ -19,7 +20,14 @@ use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile};
 
+use crate::constants::WRITE_BUFFER_BYTES_MIN;
 use crate::notify::Notify;
+
+/// The smallest buffer a writer holds: `WRITE_BUFFER_BYTES_MIN`, at least one block, at most
+/// `capacity_max`.
+fn capacity_floor(align: u64, capacity_max: usize) -> usize {
+    WRITE_BUFFER_BYTES_MIN.max(align as usize).min(capacity_max)
+}
 
 /// One write submitted to io_uring, observable by any number of waiters.
 pub(crate) struct WriteOp {
@@ -90,7 +98,10 @@ async fn write_alignment(file: &DmaFile, capacity: usize) -> std::io::Result<u64
 pub(crate) struct Writer {
     pub(crate) file: Rc<DmaFile>,
     align: u64,
+    /// The buffer's size now: see `next_capacity`.
     capacity: usize,
+    /// `write_buffer_bytes`: the most the buffer grows to.
+    capacity_max: usize,
     pos: u64,
     /// One block: the head's bytes.
     head: DmaBuffer,
@@ -126,11 +137,14 @@ impl Writer {
             }
             head.as_bytes_mut()[..head_len].copy_from_slice(&tail);
         }
+        let capacity_max = capacity;
+        let capacity = capacity_floor(align, capacity_max);
         let buf = file.alloc_dma_buffer(capacity);
         Ok(Writer {
             file,
             align,
             capacity,
+            capacity_max,
             pos,
             head,
             head_len,
@@ -265,6 +279,7 @@ impl Writer {
         let keep_from = self.buf_len / a * a;
         let tail = self.buf_len - keep_from;
         self.head.as_bytes_mut()[..tail].copy_from_slice(&self.buf.as_bytes()[keep_from..self.buf_len]);
+        self.capacity = self.next_capacity();
         let mut full = std::mem::replace(&mut self.buf, self.file.alloc_dma_buffer(self.capacity));
         full.as_bytes_mut()[self.buf_len..padded].fill(0);
         full.trim_to_size(padded);
@@ -273,6 +288,19 @@ impl Writer {
         self.head_len = tail;
         self.head_flushed = tail;
         self.buf_len = 0;
+    }
+
+    /// The size of the buffer that replaces the one being submitted. It doubles after a full
+    /// buffer, up to `capacity_max`, and after a commit's partial buffer it is twice that
+    /// commit's size (a power of two, at least `WRITE_BUFFER_BYTES_MIN`). A busy partition
+    /// soon writes in large buffers; an idle one, of thousands, holds a small one.
+    fn next_capacity(&self) -> usize {
+        let want = if self.buf_len == self.capacity {
+            self.capacity * 2
+        } else {
+            self.padded(self.buf_len).next_power_of_two() * 2
+        };
+        want.clamp(capacity_floor(self.align, self.capacity_max), self.capacity_max)
     }
 
     fn start_write(&mut self, buf: DmaBuffer, pos: u64) {
@@ -303,6 +331,48 @@ mod tests {
 
     fn ranges(w: &Writer) -> Vec<(u64, u64)> {
         w.in_flight.iter().map(|op| (op.start, op.end)).collect()
+    }
+
+    #[test]
+    fn the_buffer_grows_while_commits_fill_it_and_shrinks_to_their_size() {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).spawn(|| async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            crate::segment::probe_device(dir.path()).await.expect("probe");
+            let file = crate::segment::open_data_file(&dir.path().join("segment"), true)
+                .await
+                .expect("create");
+            let max = 1024 * 1024;
+            let mut w = Writer::open(file.clone(), max, 0, 0).await.expect("writer");
+            let min = WRITE_BUFFER_BYTES_MIN;
+            assert_eq!(w.capacity, min, "a new log starts small");
+            let mut written = 0usize;
+            // Full buffers: each next one twice as large, up to the maximum.
+            for want in [2 * min, 4 * min, 8 * min, 16 * min, max, max] {
+                let data = vec![7u8; w.capacity];
+                assert_eq!(w.copy_in(&data), data.len());
+                assert!(w.is_full());
+                w.submit();
+                wait_all(&mut w).await;
+                written += data.len();
+                assert_eq!(w.capacity, want.min(max));
+            }
+            // A commit of 100 KiB: the next buffer is twice its size, rounded to a power of two.
+            assert_eq!(w.copy_in(&vec![8u8; 100 * 1024]), 100 * 1024);
+            w.submit();
+            assert_eq!(w.capacity, 256 * 1024);
+            // A small commit: back to the smallest buffer.
+            assert_eq!(w.copy_in(&[9u8; 10]), 10);
+            w.submit();
+            assert_eq!(w.capacity, min);
+            wait_all(&mut w).await;
+            written += 100 * 1024 + 10;
+            assert_eq!(w.data_end(), written as u64);
+            let got = file.read_at(0, written).await.expect("read back");
+            assert!(got[..written - 100 * 1024 - 10].iter().all(|&b| b == 7));
+            assert!(got[written - 100 * 1024 - 10..written - 10].iter().all(|&b| b == 8));
+            assert_eq!(&got[written - 10..], &[9u8; 10]);
+        });
+        executor.expect("spawn executor").join().expect("executor ran");
     }
 
     #[test]
