@@ -13,7 +13,7 @@
 //! Kafka's API. The reserve is written again at the next metadata write that finds room.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -360,16 +360,7 @@ impl MetaStore {
             return;
         }
         let tmp = self.dir.join(format!("{RESERVE_FILE}.tmp"));
-        let zeros = |f: &mut std::fs::File| -> std::io::Result<()> {
-            let chunk = vec![0u8; 64 * 1024];
-            let mut left = want;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                f.write_all(&chunk[..n])?;
-                left -= n;
-            }
-            Ok(())
-        };
+        let zeros = |f: &mut std::fs::File| std::io::copy(&mut std::io::repeat(0).take(want as u64), f).map(|_| ());
         let kept = write_durably(&tmp, zeros).and_then(|()| std::fs::rename(&tmp, &path).map_err(io_error("renaming", &path)));
         if let Err(e) = kept {
             let _ = std::fs::remove_file(&tmp);

@@ -24,9 +24,10 @@
 //! wholly below the log start, and nothing lowers the first base: truncation stops at it), so
 //! every stale batch's base offset is below what the scan expects, and the scan stops there.
 //! A spare is kept only when nothing else holds the file open: a read under way would
-//! otherwise read the new segment's data at the old one's positions. An append whose
-//! preallocation finds the filesystem full deletes the spare and tries once more, then deletes
-//! the spares of the other logs on its thread and tries again.
+//! otherwise read the new segment's data at the old one's positions. A write that finds the
+//! filesystem full (an append's preallocation, DeleteRecords' new log start) deletes the spare
+//! and tries once more, then deletes the spares of the other logs on its thread and tries again
+//! (`with_room`).
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
