@@ -62,5 +62,19 @@ pub const TARGET_PUBLISH_P99_US_MAX: u64 = 5_000;
 pub const TARGET_PUBLISH_P999_US_MAX: u64 = 20_000;
 pub const TARGET_END_TO_END_P99_US_MAX: u64 = 10_000;
 
+/// Resident memory counts as flat over the soak while it grows less than this.
+pub const TARGET_MEMORY_GROWTH_MAX: f64 = 0.10;
+
+/// The soak's first minute is warm-up for memory (the batch cache fills, buffers settle); the
+/// memory rule starts after it.
+pub const SOAK_SETTLE_S: f64 = 60.0;
+
+/// The memory rule compares the median resident memory of a window this long after the
+/// settling minute with that of the soak's last window of the same length. Memory at a steady
+/// load moves by a fifth within seconds (buffers, the allocator), so two single samples could
+/// decide the rule by where each happened to fall; a median of about 60 samples (one a
+/// second) cannot, and a leak still shows as the later window sitting higher.
+pub const SOAK_MEMORY_WINDOW_S: f64 = 60.0;
+
 const _: () = assert!(FSYNC_WRITE_BYTES % 512 == 0);
 const _: () = assert!(MEMCPY_BYTES > 0 && TCP_CHUNK_BYTES > 0);
