@@ -182,3 +182,23 @@ fn delete_topics_frees_a_full_disk() {
     );
     broker.stop();
 }
+
+#[test]
+fn a_partition_poisoned_by_a_full_disk_comes_back_when_space_frees() {
+    let fs = SmallFs::new(48 * 1024 * 1024);
+    let mut broker = BrokerProcess::start_in(Some(fs.dir.path().join("data")), &[]);
+    run_case_expecting(
+        &broker,
+        "full_disk_partition_comes_back",
+        &[
+            // The append that found the disk full, and the broker's answers while it stayed full.
+            "partition log poisoned",
+            "partition storage failure",
+            // DeleteTopics on the full disk.
+            "disk full: the metadata write takes the reserved space",
+            // The next append found room.
+            "the disk has room again: reopening the partition a full disk poisoned",
+        ],
+    );
+    broker.stop();
+}

@@ -166,6 +166,8 @@ struct State {
     log_end: u64,
     durable_end: u64,
     poisoned: Option<String>,
+    /// The poisoning failure was the filesystem saying it is full (ENOSPC).
+    poisoned_by_full_disk: bool,
     closed: bool,
     /// Group commits in progress, at most `COMMITS_IN_FLIGHT_MAX`.
     commits_running: usize,
@@ -326,6 +328,26 @@ impl PartitionLog {
         self.state().poisoned.clone()
     }
 
+    /// Whether the log refuses writes because the filesystem was full when it wrote. Its
+    /// owner may close it and open it again (recovery) once the filesystem has room
+    /// (`has_room_to_append`): nothing reported durable is lost, and what was not is cut, as
+    /// after a crash.
+    pub fn poisoned_by_full_disk(&self) -> bool {
+        self.state().poisoned_by_full_disk
+    }
+
+    /// Whether `other` is a handle to this same open log (not another opening of its files).
+    pub fn same_log(&self, other: &PartitionLog) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether the filesystem holding the log has a write buffer's worth free: room for the
+    /// next flush to preallocate what it writes.
+    pub fn has_room_to_append(&self) -> bool {
+        rustix::fs::statvfs(self.dir())
+            .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize.max(1)) >= self.cfg().write_buffer_bytes as u64)
+    }
+
     /// Reconfigures the open log. Takes effect from the next check of each setting: segment
     /// size and age at the next append, `batch_bytes_max` at the next append, retention at the
     /// next `enforce_retention`, `index_interval_bytes` from the next segment.
@@ -383,11 +405,20 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Marks the log poisoned: from now on it refuses appends. Never retried.
+    /// Marks the log poisoned: from now on it refuses appends. Never retried here; see
+    /// `poisoned_by_full_disk` for when reopening recovers it.
     fn poison(&self, cause: String) -> Error {
-        tracing::error!(target: "iouring_storage", dir = %self.dir().display(), %cause, "partition log poisoned");
+        self.poison_with(cause, false)
+    }
+
+    /// `poison`, saying whether the failure was the filesystem being full.
+    fn poison_with(&self, cause: String, storage_full: bool) -> Error {
+        tracing::error!(target: "iouring_storage", dir = %self.dir().display(), %cause, storage_full, "partition log poisoned");
         let mut st = self.state_mut();
-        st.poisoned.get_or_insert(cause.clone());
+        if st.poisoned.is_none() {
+            st.poisoned = Some(cause.clone());
+            st.poisoned_by_full_disk = storage_full;
+        }
         drop(st);
         self.inner.durable_changed.notify_all();
         Error::Poisoned {
@@ -568,10 +599,18 @@ impl PartitionLog {
             // idle partition (there may be thousands) reserves at most one buffer's worth.
             let step = self.cfg().preallocate_step_bytes;
             let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
-            let target = end.max(allocated + grow);
-            self.with_room(is_storage_full, || file.pre_allocate(target, false))
-                .await
-                .map_err(|e| self.poison(format!("preallocating segment to {target} bytes: {e}")))?;
+            let mut target = end.max(allocated + grow);
+            let mut preallocated = self.with_room(is_storage_full, || file.pre_allocate(target, false)).await;
+            if preallocated.as_ref().is_err_and(is_storage_full) && end < target {
+                // No room to reserve ahead: reserve what this write needs, so that the log
+                // fills the disk before it fails rather than failing a step short of full.
+                target = end;
+                preallocated = file.pre_allocate(target, false).await;
+            }
+            preallocated.map_err(|e| {
+                let full = is_storage_full(&e);
+                self.poison_with(format!("preallocating segment to {target} bytes: {e}"), full)
+            })?;
             self.state_mut().writer.allocated = target;
         }
         self.state_mut().writer.submit();
@@ -611,9 +650,10 @@ impl PartitionLog {
             op.wait().await.map_err(|e| self.poison(e))?;
         }
         let fsync_started = std::time::Instant::now();
-        file.fdatasync()
-            .await
-            .map_err(|e| self.poison(format!("fdatasync of segment {base}: {e}")))?;
+        file.fdatasync().await.map_err(|e| {
+            let full = is_storage_full(&e);
+            self.poison_with(format!("fdatasync of segment {base}: {e}"), full)
+        })?;
         let mut st = self.state_mut();
         // Counted for every completed group commit: the count was never bumped before, which
         // left the grouping test in tests/log.rs unable to fail.
@@ -751,31 +791,36 @@ impl PartitionLog {
         // the sealed segment cut to its data (giving back the preallocated tail), its index
         // files, and the producer snapshot.
         let seal = async {
-            segment::truncate_durably(&file, data_bytes)
-                .await
-                .map_err(|e| format!("cutting sealed segment {base} to its data: {e}"))
+            segment::truncate_durably(&file, data_bytes).await.map_err(|e| {
+                (
+                    format!("cutting sealed segment {base} to its data: {e}"),
+                    e.kind() == std::io::ErrorKind::StorageFull,
+                )
+            })
         };
         let index = async {
             segment::store_index(&dir, base, &index, summary)
                 .await
-                .map_err(|e| format!("writing index of segment {base}: {e}"))
+                .map_err(|e| (format!("writing index of segment {base}: {e}"), e.is_storage_full()))
         };
         let snapshot = async {
             segment::write_file_durably(&producer_state::snapshot_path(&dir, new_base), &snapshot)
                 .await
-                .map_err(|e| format!("writing producer snapshot at {new_base}: {e}"))
+                .map_err(|e| (format!("writing producer snapshot at {new_base}: {e}"), e.is_storage_full()))
         };
         futures_lite::future::try_zip(seal, futures_lite::future::try_zip(index, snapshot))
             .await
-            .map_err(|cause| self.poison(cause))?;
+            .map_err(|(cause, full)| self.poison_with(cause, full))?;
         let path = segment::log_path(&dir, new_base);
         let recycled = self.take_spare(&path);
         let new_file = segment::open_data_file(&path, !recycled)
             .await
-            .map_err(|e| self.poison(e.to_string()))?;
+            .map_err(|e| self.poison_with(e.to_string(), e.is_storage_full()))?;
         // A new file has no preallocation yet: the first write grows it (see `flush_locked`).
         // A recycled one is allocated and written to its size.
-        segment::sync_dir(&dir).await.map_err(|e| self.poison(e.to_string()))?;
+        segment::sync_dir(&dir)
+            .await
+            .map_err(|e| self.poison_with(e.to_string(), e.is_storage_full()))?;
         let allocated = if recycled {
             new_file
                 .file_size()
@@ -1432,6 +1477,14 @@ impl PartitionLog {
         if self.state().poisoned.is_none() && !self.state().closed {
             self.sync_locked().await?;
             self.cut_recycled_tail().await?;
+        } else {
+            // A poisoned log may still have writes on their way to the disk. They must land
+            // before the log is closed: a log opened again on the same files must not have
+            // its new writes overwritten by old ones. Their outcome no longer matters.
+            let pending = self.state().writer.pending();
+            for op in pending {
+                let _ = op.wait().await;
+            }
         }
         self.state_mut().closed = true;
         self.inner.durable_changed.notify_all();
@@ -1485,6 +1538,7 @@ impl Recovered {
             log_end,
             durable_end: log_end,
             poisoned: None,
+            poisoned_by_full_disk: false,
             closed: false,
             commits_running: 0,
             commit_covers: log_end,

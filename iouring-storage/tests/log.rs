@@ -763,6 +763,24 @@ impl Drop for SmallFs {
     }
 }
 
+/// Appends `nth_batch`es, each waited durable, until one fails. Returns the acknowledged
+/// batches (base offset, bytes) and the failure.
+async fn append_until_failure(log: &PartitionLog) -> (Vec<(u64, Vec<u8>)>, Error) {
+    let mut acked = Vec::new();
+    for i in 0..100_000u64 {
+        let b = nth_batch(i);
+        let r = match log.append(&b, 0, 0).await {
+            Ok(info) => log.wait_durable(info.last_offset + 1).await.map(|_| info),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(info) => acked.push((info.base_offset, stamped(b, info.base_offset))),
+            Err(e) => return (acked, e),
+        }
+    }
+    panic!("the filesystem never filled up");
+}
+
 #[test]
 fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
     let fs = SmallFs::new(2 * 1024 * 1024);
@@ -772,25 +790,10 @@ fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
         cfg.segment_bytes = 64 * 1024 * 1024;
         cfg.preallocate_step_bytes = 64 * 1024;
         let log = PartitionLog::open(cfg.clone()).await.unwrap();
-        let mut acked = Vec::new();
-        let mut failure = None;
-        for i in 0..10_000u64 {
-            let b = nth_batch(i);
-            let r = match log.append(&b, 0, 0).await {
-                Ok(info) => log.wait_durable(info.last_offset + 1).await.map(|_| info),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(info) => acked.push((info.base_offset, stamped(b, info.base_offset))),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        let failure = failure.expect("a 2 MiB filesystem fills up");
+        let (acked, failure) = append_until_failure(&log).await;
         assert!(matches!(failure, Error::Poisoned { .. }), "{failure}");
         assert!(log.poisoned().is_some());
+        assert!(log.poisoned_by_full_disk(), "the cause was ENOSPC: {failure}");
         // Poisoned means refused, every time, with the cause.
         let again = log.append(&nth_batch(1), 0, 0).await.unwrap_err();
         assert!(again.to_string().contains("poisoned"), "{again}");
@@ -801,6 +804,46 @@ fn full_disk_poisons_the_log_and_acknowledged_data_survives_reopen() {
         let all = read_all(&log).await;
         assert!(all.len() >= acked.len());
         assert_eq!(all[..acked.len()], acked[..]);
+    });
+    drop(fs);
+}
+
+/// Preallocation that finds no room for its step falls back to what the write needs, so a
+/// log fills the disk to within a write buffer before a full disk poisons it; and once space
+/// is freed, closing the poisoned log and opening it again brings it back: every acknowledged
+/// batch is there and appends go on.
+#[test]
+fn a_log_poisoned_by_a_full_disk_comes_back_when_reopened_with_room() {
+    let fs = SmallFs::new(4 * 1024 * 1024);
+    let path = fs.dir.path().join("p-0");
+    let ballast = fs.dir.path().join("ballast");
+    run(move || async move {
+        std::fs::write(&ballast, vec![1u8; 512 * 1024]).unwrap();
+        let mut cfg = small_config(&path);
+        cfg.segment_bytes = 64 * 1024 * 1024;
+        // Steps double up to 2 MiB, more than the filesystem has left when the log reaches 2 MiB.
+        cfg.preallocate_step_bytes = 2 * 1024 * 1024;
+        let log = PartitionLog::open(cfg.clone()).await.unwrap();
+        let (acked, failure) = append_until_failure(&log).await;
+        assert!(log.poisoned_by_full_disk(), "{failure}");
+        assert!(acked.len() > 100, "only {} batches before the disk was full", acked.len());
+        assert!(!log.has_room_to_append(), "the log filled the disk to within a write buffer");
+
+        std::fs::remove_file(&ballast).unwrap();
+        assert!(log.has_room_to_append());
+        log.close().await.unwrap();
+        let log = PartitionLog::open(cfg).await.unwrap();
+        assert!(log.poisoned().is_none());
+        let all = read_all(&log).await;
+        assert!(all.len() >= acked.len());
+        assert_eq!(all[..acked.len()], acked[..]);
+        // Appends go on at whatever end recovery found.
+        let end = log.offsets().log_end;
+        let more = append_each(&log, 0, 20, nth_batch).await;
+        assert_eq!(more[0].0, end);
+        let mut expect = all;
+        expect.extend(more);
+        assert_eq!(read_all(&log).await, expect);
     });
     drop(fs);
 }

@@ -278,7 +278,34 @@ impl Partitions {
             // Resolves (as Canceled) when the previous append drops its sender.
             let _ = previous.await;
         }
-        Ok((my_turn_done, self.get(tp).await?))
+        Ok((my_turn_done, self.writable(tp).await?))
+    }
+
+    /// The open log of `tp`, for a write. A log poisoned by a full disk is closed and opened
+    /// again (recovered) once its filesystem has room, so that space freed by retention,
+    /// DeleteRecords, a deleted topic or anything outside the broker brings the partition back
+    /// without a restart; until then writes get its storage error. Recovery keeps everything
+    /// that was reported durable.
+    async fn writable(&self, tp: &TopicPartition) -> Result<PartitionLog> {
+        let log = self.get(tp).await?;
+        if !log.poisoned_by_full_disk() || !log.has_room_to_append() {
+            return Ok(log);
+        }
+        {
+            let _permit = self.open_lock.acquire_permit(1).await.map_err(|_| Error::ShardGone(self.shard.0))?;
+            let still_open = self.logs.borrow().get(tp).is_some_and(|open| open.same_log(&log));
+            if still_open {
+                self.logs.borrow_mut().remove(tp);
+                // Recovery cuts what never became durable, and new appends take those offsets
+                // again: cached batches past the durable end would be stale.
+                self.cache.remove(tp);
+                tracing::warn!(target: "shard", %tp, cause = ?log.poisoned(), "the disk has room again: reopening the partition a full disk poisoned");
+                if let Err(e) = log.close().await {
+                    tracing::warn!(target: "shard", %tp, error = %e, "closing the poisoned log failed");
+                }
+            }
+        }
+        self.get(tp).await
     }
 
     /// Writes a transaction marker in the partition's append order (see `append`) and waits

@@ -390,6 +390,19 @@ def case_delete_topics():
     a.close()
 
 
+def fill_the_disk():
+    """Gives whatever room a failed append left on DATA_DIR's filesystem to a plain file beside
+    DATA_DIR."""
+    fd = os.open(os.path.join(os.path.dirname(DATA_DIR), "fill"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        check_eq(e.errno, 28, "filling the filesystem ends in ENOSPC")
+    finally:
+        os.close(fd)
+
+
 def case_delete_topics_on_full_disk():
     """DATA_DIR lies on a small filesystem of its own (admin.rs mounts it). A topic fills it
     until appends fail, a file takes whatever room is left, and then deleting that topic must
@@ -409,15 +422,7 @@ def case_delete_topics_on_full_disk():
     producer.close(timeout=5)
     check(failed is not None, "an append to filler failed with KAFKA_STORAGE_ERROR before 250 MiB")
 
-    # Whatever room the failed preallocation left goes to a plain file.
-    fd = os.open(os.path.join(os.path.dirname(DATA_DIR), "fill"), os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as e:
-        check_eq(e.errno, 28, "filling the filesystem ends in ENOSPC")
-    finally:
-        os.close(fd)
+    fill_the_disk()
     check_eq(error_code_of(lambda: a.create_topics([NewTopic("no-room", num_partitions=1, replication_factor=1)])),
              KAFKA_STORAGE_ERROR, "CreateTopics on the full disk (it may not take the reserve)")
 
@@ -432,6 +437,54 @@ def case_delete_topics_on_full_disk():
     check_eq([r.value for r in consume_from_beginning("after", 0, 2)], [b"a", b"b"], "records read back")
     reserve = os.path.join(DATA_DIR, "__cluster_metadata", "reserve")
     check(os.path.getsize(reserve) >= 1024 * 1024, "the metadata reserve is written again")
+    a.close()
+
+
+def case_full_disk_partition_comes_back():
+    """DATA_DIR lies on a small filesystem of its own (admin.rs mounts it). Appends to a
+    partition fail once the disk is full, and go on failing while it stays full. Deleting
+    another topic frees space, and the same partition then takes records again, without a
+    broker restart, with every acknowledged record still there."""
+    a = admin()
+    create_topic(a, "ballast", 1)
+    check_eq(len(produce("ballast", [b"b" * (256 * 1024)] * 32)), 32, "records in ballast")
+    create_topic(a, "full", 1)
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=0, retries=0,
+                             request_timeout_ms=REQUEST_TIMEOUT_MS, max_block_ms=REQUEST_TIMEOUT_MS)
+    padding = b"f" * (256 * 1024)
+
+    def send(value):
+        return producer.send("full", value=value, partition=0).get(timeout=REQUEST_TIMEOUT_MS / 1000)
+
+    acked = []
+    for i in range(1000):
+        value = b"%06d" % i + padding
+        try:
+            send(value)
+            acked.append(value)
+        except KafkaStorageError:
+            break
+    check(0 < len(acked) < 1000, "appends to full failed with KAFKA_STORAGE_ERROR after %d records" % len(acked))
+    fill_the_disk()
+    try:
+        send(b"while-full")
+        check(False, "an append while the disk is still full succeeded")
+    except KafkaStorageError:
+        pass
+
+    response = a.delete_topics(["ballast"])
+    check_eq([tuple(t) for t in response.topic_error_codes], [("ballast", NONE)], "DeleteTopics of ballast")
+    after = send(b"after")
+    check(after.offset >= len(acked), "the record after the space came back got offset %d" % after.offset)
+    values = [r.value for r in consume_from_beginning("full", 0, after.offset + 1)]
+    check_eq(len(values), after.offset + 1, "records in full")
+    check(values[:len(acked)] == acked, "every acknowledged record is there, in order")
+    check_eq(values[-1], b"after", "the last record")
+    # Between them, at most records that failed: never acknowledged, but they may have reached
+    # the disk before it filled.
+    check(all(v == b"while-full" or v[6:] == padding for v in values[len(acked):-1]),
+          "nothing else between the acknowledged records and the last")
+    producer.close(timeout=5)
     a.close()
 
 
@@ -710,6 +763,7 @@ def case_offset_for_leader_epoch():
 CASES = {
     "delete_topics": case_delete_topics,
     "delete_topics_on_full_disk": case_delete_topics_on_full_disk,
+    "full_disk_partition_comes_back": case_full_disk_partition_comes_back,
     "create_partitions": case_create_partitions,
     "configs": case_configs,
     "config_effects": case_config_effects,
