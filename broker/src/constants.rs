@@ -14,6 +14,12 @@ pub const OFFSETS_LOAD_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// are exact; a 100 ms tick is well inside the shortest session timeout allowed (1 s).
 pub const GROUP_TICK_MS: u64 = 100;
 
+/// How often a shard looks whether a write on another shard found the disk full, to give back
+/// its partitions' spare segment files (`iouring_storage::release_spares_if_wanted`: one atomic
+/// load when nothing was asked). A partition that failed meanwhile comes back at its first
+/// write after that.
+pub const SPARES_CHECK_MS: u64 = 1000;
+
 /// How often a shard looks for transactions past their timeout (Kafka checks every 10 s,
 /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`).
 pub const TXN_TICK_MS: u64 = 1000;

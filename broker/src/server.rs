@@ -155,6 +155,12 @@ pub async fn run_shard(
             async move { partitions.enforce_retention(crate::handlers::now_ms()).await }
         })
     };
+    // A full disk on another shard asks for this shard's spare segment files.
+    let spares = every(Duration::from_millis(crate::constants::SPARES_CHECK_MS), stop.clone(), || async {
+        if iouring_storage::release_spares_if_wanted().await {
+            tracing::warn!(target: "broker", "the disk is full on another shard: gave back this shard's spare segment files");
+        }
+    });
     let group_timers = {
         let coordinator = coordinator.clone();
         every(Duration::from_millis(crate::constants::GROUP_TICK_MS), stop.clone(), move || {
@@ -224,6 +230,7 @@ pub async fn run_shard(
         }
     }
     let _ = housekeeping.await;
+    let _ = spares.await;
     let _ = group_timers.await;
     let _ = compaction.await;
     let _ = txn_timers.await;

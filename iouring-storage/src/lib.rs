@@ -27,7 +27,7 @@ mod writer;
 pub use batch::{compute_crc, control_batch, parse_marker, stamp, testing, validate, BatchHeader, CountCheck, Marker};
 pub use config::LogConfig;
 pub use error::{BatchError, Error, ProducerError, Result};
-pub use log::{AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
+pub use log::{release_spares_if_wanted, AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 pub use producer_state::AbortedTxn;
 pub use rewrite::SegmentRewrite;
 

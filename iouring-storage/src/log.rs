@@ -33,6 +33,7 @@ use std::cell::{Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
@@ -599,19 +600,21 @@ impl PartitionLog {
             // idle partition (there may be thousands) reserves at most one buffer's worth.
             let step = self.cfg().preallocate_step_bytes;
             let grow = allocated.clamp(self.cfg().write_buffer_bytes as u64, step);
-            let mut target = end.max(allocated + grow);
-            let mut preallocated = self.with_room(is_storage_full, || file.pre_allocate(target, false)).await;
-            if preallocated.as_ref().is_err_and(is_storage_full) && end < target {
-                // No room to reserve ahead: reserve what this write needs, so that the log
-                // fills the disk before it fails rather than failing a step short of full.
-                target = end;
-                preallocated = file.pre_allocate(target, false).await;
-            }
-            preallocated.map_err(|e| {
+            let target = end.max(allocated + grow);
+            // With no room to reserve ahead, reserve what this write needs: the log fills the
+            // disk before it fails, rather than failing a step short of full, and gives spares
+            // back only when even that finds no room.
+            let attempt = || async {
+                match file.pre_allocate(target, false).await {
+                    Err(e) if is_storage_full(&e) && end < target => file.pre_allocate(end, false).await.map(|()| end),
+                    done => done.map(|()| target),
+                }
+            };
+            let allocated = self.with_room(is_storage_full, attempt).await.map_err(|e| {
                 let full = is_storage_full(&e);
-                self.poison_with(format!("preallocating segment to {target} bytes: {e}"), full)
+                self.poison_with(format!("preallocating segment to {end} bytes or more: {e}"), full)
             })?;
-            self.state_mut().writer.allocated = target;
+            self.state_mut().writer.allocated = allocated;
         }
         self.state_mut().writer.submit();
         Ok(())
@@ -883,7 +886,8 @@ impl PartitionLog {
 
     /// Runs `attempt`, and while it finds the filesystem full (`full`), gives spare files back
     /// and runs it again: first this log's spare (its own reserve), then those of the other
-    /// logs on this thread.
+    /// logs on this thread. Still full, it asks the other threads for theirs
+    /// (`release_spares_if_wanted`) and returns the failure: they answer on their own time.
     async fn with_room<T, E, Fut>(&self, full: impl Fn(&E) -> bool, attempt: impl Fn() -> Fut) -> std::result::Result<T, E>
     where
         Fut: std::future::Future<Output = std::result::Result<T, E>>,
@@ -894,6 +898,11 @@ impl PartitionLog {
         }
         if outcome.as_ref().is_err_and(&full) && release_thread_spares().await {
             outcome = attempt().await;
+        }
+        if outcome.as_ref().is_err_and(&full) {
+            let wanted = SPARES_WANTED.fetch_add(1, Ordering::Relaxed) + 1;
+            // This thread has none left to give.
+            SPARES_WANTED_SEEN.set(wanted);
         }
         outcome
     }
@@ -1571,6 +1580,26 @@ thread_local! {
     static THREAD_COMMITS_RUNNING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// The logs opened on this thread, for an append that finds the filesystem full.
     static THREAD_LOGS: RefCell<Vec<std::rc::Weak<Inner>>> = const { RefCell::new(Vec::new()) };
+    /// The value of `SPARES_WANTED` this thread last answered.
+    static SPARES_WANTED_SEEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Bumped by a write that found the filesystem full after giving back every spare on its own
+/// thread: a log and its spare never leave their thread, so the other threads give theirs back
+/// when they next look (`release_spares_if_wanted`).
+static SPARES_WANTED: AtomicU64 = AtomicU64::new(0);
+
+/// Gives back the spare file of every open log on this thread if a write on another thread
+/// found the filesystem full since this thread last looked. Cheap when nothing was asked (one
+/// atomic load): meant for a periodic task on every thread that opens logs. Returns whether
+/// any blocks were given back.
+pub async fn release_spares_if_wanted() -> bool {
+    let wanted = SPARES_WANTED.load(Ordering::Relaxed);
+    if wanted == SPARES_WANTED_SEEN.get() {
+        return false;
+    }
+    SPARES_WANTED_SEEN.set(wanted);
+    release_thread_spares().await
 }
 
 /// Deletes the spare file of every open log on this thread, for an append that found the

@@ -917,6 +917,49 @@ fn a_full_disk_takes_back_the_spares_of_other_logs_on_the_thread() {
     drop(fs);
 }
 
+/// A log's spare never leaves its thread. A write that finds the disk full with no spare left
+/// on its own thread asks the others, which give theirs back when they next look
+/// (`release_spares_if_wanted`, a shard's periodic task in the broker); the poisoned log then
+/// has room to be opened again.
+#[test]
+fn a_full_disk_asks_the_other_threads_for_their_spares() {
+    use std::sync::mpsc::channel;
+    let fs = SmallFs::new(2 * 1024 * 1024);
+    let (full, holder) = (fs.dir.path().join("p-0"), fs.dir.path().join("p-1"));
+    let filler = fs.dir.path().join("filler");
+    let (holding, spare_held) = channel::<PathBuf>();
+    let (poisoned, log_poisoned) = channel::<()>();
+    let (answered, spares_answered) = channel::<bool>();
+    let other_thread = std::thread::spawn(move || {
+        run(move || async move {
+            // Catch up with requests from earlier tests in this process before holding a spare.
+            iouring_storage::release_spares_if_wanted().await;
+            let (other, _, spare) = log_with_spare(&holder).await;
+            holding.send(spare).unwrap();
+            log_poisoned.recv().unwrap();
+            answered.send(iouring_storage::release_spares_if_wanted().await).unwrap();
+            // The other log carries on without its spare.
+            assert!(other.poisoned().is_none());
+            other.roll().await.unwrap();
+        });
+    });
+    let spare = spare_held.recv().unwrap();
+    run(move || async move {
+        let log = PartitionLog::open(small_config(&full)).await.unwrap();
+        fill_filesystem(&filler);
+        let (_, failure) = append_until_failure(&log).await;
+        assert!(log.poisoned_by_full_disk(), "{failure}");
+        assert!(spare.exists(), "a spare on another thread is not this thread's to delete");
+        assert!(!log.has_room_to_append());
+        poisoned.send(()).unwrap();
+        assert!(spares_answered.recv().unwrap(), "the other thread gave its spare back");
+        assert!(!spare.exists());
+        assert!(log.has_room_to_append(), "the spare's blocks are free");
+    });
+    other_thread.join().expect("the other thread's executor ran");
+    drop(fs);
+}
+
 /// DeleteRecords must persist the new log start. On a full disk it takes the spares back, as an
 /// append does; with none left it refuses, and the log stays as it was and writable.
 #[test]
