@@ -648,14 +648,17 @@ mod tests {
         }
     }
 
+    /// A leak of 3% of the start a minute: the last minute sits about 24% above the second.
+    fn leaking(s: usize) -> f64 {
+        700.0 * (1.0 + 0.03 * s as f64 / 60.0)
+    }
+
     #[test]
     fn the_memory_rule_compares_window_medians_so_one_sample_cannot_decide_it() {
         let m = memory_trend(&samples(10, flat_with_swings), 10.0, 610.0).unwrap();
         assert_eq!(m.max_mib, 890.0);
         assert!(m.growth().abs() < 0.01, "{m:?}");
-        // A leak of 3% of the start a minute: the last minute sits about 24% above the second.
-        let leak = samples(10, |s| 700.0 * (1.0 + 0.03 * s as f64 / 60.0));
-        let m = memory_trend(&leak, 10.0, 610.0).unwrap();
+        let m = memory_trend(&samples(10, leaking), 10.0, 610.0).unwrap();
         assert!(m.growth() > TARGET_MEMORY_GROWTH_MAX, "{m:?}");
         // Nothing sampled after the settling minute: no figure rather than a made-up one.
         assert_eq!(memory_trend(&samples(0, |_| 700.0), 10.0, 60.0), None);
@@ -697,7 +700,7 @@ mod tests {
         };
         let flat = line(soak(flat_with_swings));
         assert!(flat.contains("702 → 702 MiB (max 890), +0.0%") && flat.contains("PASS"), "{flat}");
-        let leak = line(soak(|s| 700.0 * (1.0 + 0.03 * s as f64 / 60.0)));
+        let leak = line(soak(leaking));
         assert!(leak.contains("MISS"), "{leak}");
     }
 }
