@@ -48,6 +48,8 @@ pub mod names {
     pub const BATCH_CACHE_HITS: &str = "broker_batch_cache_hits_total";
     pub const BATCH_CACHE_MISSES: &str = "broker_batch_cache_misses_total";
     pub const BATCH_CACHE_BYTES: &str = "broker_batch_cache_bytes";
+    pub const READ_AHEAD_BYTES: &str = "broker_read_ahead_bytes";
+    pub const READ_AHEAD_SERVED: &str = "broker_read_ahead_served_total";
     pub const WRITE_BUFFER_BYTES_MAX: &str = "broker_write_buffer_bytes_max";
     pub const MESH_MESSAGES: &str = shard::MESH_MESSAGES_METRIC;
     pub const DISK_USED: &str = "broker_disk_used_bytes";
@@ -170,6 +172,16 @@ fn describe() {
         "Reads of durable data the batch cache could not serve."
     );
     describe_gauge!(BATCH_CACHE_BYTES, Unit::Bytes, "Memory charged to the shard's batch cache.");
+    describe_gauge!(
+        READ_AHEAD_BYTES,
+        Unit::Bytes,
+        "Memory held by segment bytes read ahead of readers behind the batch cache."
+    );
+    describe_counter!(
+        READ_AHEAD_SERVED,
+        Unit::Count,
+        "Log reads served from bytes read ahead, without waiting for a disk read of their own."
+    );
     describe_gauge!(
         WRITE_BUFFER_BYTES_MAX,
         Unit::Bytes,
@@ -385,6 +397,8 @@ pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc
     let write_buffers = metrics::gauge!(names::WRITE_BUFFER_BYTES_MAX, &s());
     let cache_hits = metrics::counter!(names::BATCH_CACHE_HITS, &s());
     let cache_misses = metrics::counter!(names::BATCH_CACHE_MISSES, &s());
+    let read_ahead_bytes = metrics::gauge!(names::READ_AHEAD_BYTES, &s());
+    let read_ahead_served = metrics::counter!(names::READ_AHEAD_SERVED, &s());
     let group_commits = metrics::counter!(names::GROUP_COMMITS, &s());
     let commit_bytes = metrics::counter!(names::GROUP_COMMIT_BYTES, &s());
     let appended = metrics::counter!(names::APPENDED_BATCHES, &s());
@@ -435,6 +449,9 @@ pub async fn run_sampler(broker: Rc<crate::server::Broker>, stop: std::sync::Arc
         cache_bytes.set(cache.bytes as f64);
         cache_hits.absolute(cache.hits);
         cache_misses.absolute(cache.misses);
+        let read_ahead = iouring_storage::read_ahead_stats();
+        read_ahead_bytes.set(read_ahead.bytes as f64);
+        read_ahead_served.absolute(read_ahead.reads_served);
         group_commits.absolute(totals.group_commits);
         commit_bytes.absolute(totals.committed_bytes);
         appended.absolute(totals.appended_batches);

@@ -47,6 +47,32 @@ pub const COMMITS_IN_FLIGHT_MAX: usize = 2;
 /// Largest single read the log serves: bounds the memory one fetch can pin.
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Readers a log remembers for read-ahead (`read_ahead.rs`): a consumer group behind the tail,
+/// plus the odd one-off reader (a lag probe, a second group) that must not make it forget.
+pub const READ_AHEAD_STREAMS_MAX: usize = 4;
+
+/// Windows read ahead of one reader: the one it reads from and the next, being read.
+pub const READ_AHEAD_WINDOWS_MAX: usize = 2;
+
+/// A window holds this many reads of the reader's last size, within the bounds below: enough
+/// to overlap a few fetches' network and client time with the disk.
+pub const READ_AHEAD_WINDOW_READS: usize = 8;
+
+/// Smallest window: a reader of small fetches (many partitions per request) still gets large
+/// disk reads.
+pub const READ_AHEAD_WINDOW_BYTES_MIN: usize = 1024 * 1024;
+
+/// Largest window.
+pub const READ_AHEAD_WINDOW_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Read-ahead memory per thread, over all its logs: 8 readers of 1 MiB fetches with both
+/// windows full. Beyond it, readers fall back to plain reads.
+pub const READ_AHEAD_BYTES_PER_THREAD_MAX: usize = 64 * 1024 * 1024;
+
+/// A reader silent for this long has moved on (to the batch cache, or away): its windows may
+/// be dropped to make room for another's.
+pub const READ_AHEAD_IDLE_MS: u64 = 1000;
+
 /// Chunk size used when scanning a segment (recovery, index rebuild, timestamp search).
 pub const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
 
@@ -83,4 +109,6 @@ const _: () = assert!(WRITE_BUFFER_BYTES_MIN % 4096 == 0);
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX % 4096 == 0);
 const _: () = assert!(SCAN_CHUNK_BYTES % 4096 == 0);
 const _: () = assert!(BATCH_BYTES_MAX <= READ_BYTES_MAX);
+const _: () = assert!(READ_AHEAD_WINDOW_BYTES_MIN <= READ_AHEAD_WINDOW_BYTES_MAX);
+const _: () = assert!(READ_AHEAD_WINDOWS_MAX * READ_AHEAD_WINDOW_BYTES_MAX <= READ_AHEAD_BYTES_PER_THREAD_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN % 4096 == 0);

@@ -19,6 +19,7 @@ mod log;
 mod log_start;
 mod notify;
 mod producer_state;
+mod read_ahead;
 mod recovery;
 mod rewrite;
 mod segment;
@@ -29,6 +30,7 @@ pub use config::LogConfig;
 pub use error::{BatchError, Error, ProducerError, Result};
 pub use log::{release_spares_if_wanted, AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 pub use producer_state::AbortedTxn;
+pub use read_ahead::{read_ahead_stats, ReadAheadStats};
 pub use rewrite::SegmentRewrite;
 
 #[doc(hidden)]

@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::notify::Notify;
 use crate::producer_state::{self, AbortedTxn, Check, ProducerState};
+use crate::read_ahead::{self, ReadAhead};
 use crate::segment;
 use crate::writer::Writer;
 
@@ -176,6 +177,8 @@ struct State {
     commit_covers: u64,
     /// Bumped by truncation, so a commit that started before it does not publish stale offsets.
     truncations: u64,
+    /// Bumped by each installed segment rewrite (compaction).
+    rewrites: u64,
     fdatasyncs: u64,
     fsync_us_total: u64,
     committed_bytes: u64,
@@ -207,6 +210,12 @@ impl State {
         first.max(self.log_start_offset)
     }
 
+    /// Changes whenever durable segment bytes may change in place (truncation, a compaction
+    /// rewrite): what a reader read ahead before is stale then.
+    fn content_generation(&self) -> u64 {
+        self.truncations + self.rewrites
+    }
+
     fn last_stable(&self) -> u64 {
         let open = self.producers.first_unstable().unwrap_or(u64::MAX);
         open.min(self.durable_end).max(self.log_start())
@@ -227,6 +236,8 @@ struct Inner {
     deleting: Semaphore,
     durable_changed: Notify,
     seal_listener: RefCell<Option<SealListener>>,
+    /// Where recent readers stopped, and the segment bytes read ahead of them.
+    read_ahead: RefCell<ReadAhead>,
 }
 
 /// One partition's log. See the crate documentation for the format and guarantees.
@@ -259,6 +270,7 @@ impl PartitionLog {
             deleting: Semaphore::new(1),
             durable_changed: Notify::default(),
             seal_listener: RefCell::new(None),
+            read_ahead: RefCell::new(ReadAhead::default()),
         });
         THREAD_LOGS.with_borrow_mut(|logs| {
             logs.retain(|l| l.strong_count() > 0);
@@ -981,7 +993,7 @@ impl PartitionLog {
         let max_bytes = max_bytes.clamp(1, READ_BYTES_MAX);
         let mut offset = offset;
         loop {
-            let (file, base, start_pos, end_pos, path, limit) = {
+            let (file, base, start_pos, end_pos, path, limit, generation) = {
                 let st = self.state();
                 let (log_start, durable_end) = (st.log_start(), st.durable_end);
                 if offset < log_start || offset > st.log_end {
@@ -1005,9 +1017,57 @@ impl PartitionLog {
                     seg.durable_bytes,
                     segment::log_path(self.dir(), base),
                     limit,
+                    st.content_generation(),
                 )
             };
-            if let Some(found) = self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes, limit).await? {
+            // A reader that continues where it stopped: its stream's windows may hold the
+            // batches, and its position is the batch's own (no index slack).
+            let stream = self.inner.read_ahead.borrow_mut().take(generation, offset);
+            let mut stream = match stream {
+                Some(mut s) => {
+                    s.sequential = true;
+                    s
+                }
+                None => read_ahead::Stream::new(generation, base, offset, start_pos),
+            };
+            let found = if stream.base == base {
+                let served = stream.serve(max_bytes, limit).await.map_err(|detail| Error::Corrupt {
+                    what: "segment",
+                    path: path.clone(),
+                    detail,
+                })?;
+                match served {
+                    read_ahead::Served::Batches {
+                        bytes,
+                        at,
+                        taken,
+                        first_offset,
+                        next_offset,
+                        end_pos,
+                    } => Some((
+                        ReadBatches {
+                            bytes: ReadResult::slice(&bytes, at, taken).expect("slice within the window"),
+                            first_offset,
+                            next_offset,
+                        },
+                        end_pos,
+                    )),
+                    read_ahead::Served::AtLimit => {
+                        self.inner.read_ahead.borrow_mut().put(stream);
+                        return Ok(None);
+                    }
+                    read_ahead::Served::Miss => {
+                        let from = if stream.sequential { stream.next_pos } else { start_pos };
+                        self.read_from(&file, &path, offset, from, end_pos, max_bytes, limit).await?
+                    }
+                }
+            } else {
+                self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes, limit).await?
+            };
+            if let Some((found, end_pos)) = found {
+                stream.advance(base, found.next_offset, end_pos);
+                self.read_ahead_of(&mut stream, &file, max_bytes);
+                self.inner.read_ahead.borrow_mut().put(stream);
                 return Ok(Some(found));
             }
             // Nothing at or after `offset` in this segment: continue in the next one.
@@ -1019,8 +1079,39 @@ impl PartitionLog {
         }
     }
 
+    /// Starts reading the next window ahead of `stream`, if it reads sequentially, its segment
+    /// has durable bytes beyond its windows, and the thread's read-ahead budget has room (after
+    /// dropping idle readers' windows, if it had none).
+    fn read_ahead_of(&self, stream: &mut read_ahead::Stream, file: &Rc<DmaFile>, max_bytes: usize) {
+        let (segment_end, active) = {
+            let st = self.state();
+            match st.segments.get(&stream.base) {
+                Some(seg) => (seg.durable_bytes, st.active().base_offset == stream.base),
+                None => return,
+            }
+        };
+        let Some((start, len)) = stream.next_window(segment_end, active, max_bytes) else {
+            return;
+        };
+        let window = read_ahead::Window::reserve(start, len).or_else(|| {
+            drop_idle_read_ahead();
+            read_ahead::Window::reserve(start, len)
+        });
+        let Some(window) = window else { return };
+        stream.windows.push_back(window.clone());
+        let file = file.clone();
+        // Detached: nothing awaits the task itself (its readers wait on the window), and a
+        // dropped `Task` would cancel it.
+        glommio::spawn_local(async move {
+            let bytes = file.read_at(start, len).await.ok();
+            window.complete(bytes);
+        })
+        .detach();
+    }
+
     /// Whole batches from the one holding `offset`, within `end` bytes of the file and below
-    /// offset `limit` (batches never straddle it: it is a batch's base or the durable end).
+    /// offset `limit` (batches never straddle it: it is a batch's base or the durable end),
+    /// with the file position after the last one returned.
     ///
     /// `pos` is the index entry at or below `offset`, at most about one index interval before
     /// the batch holding it, so one read of that slack plus `max_bytes` usually serves: the
@@ -1036,7 +1127,7 @@ impl PartitionLog {
         end: u64,
         max_bytes: usize,
         limit: u64,
-    ) -> Result<Option<ReadBatches>> {
+    ) -> Result<Option<(ReadBatches, u64)>> {
         let corrupt = |detail: String| Error::Corrupt {
             what: "segment",
             path: path.to_owned(),
@@ -1050,60 +1141,41 @@ impl PartitionLog {
             }
             let len = (want as u64).min(end - pos) as usize;
             let bytes = file.read_at(pos, len).await.map_err(|e| Error::io("reading segment", path, e))?;
-            // Skip the batches that end before `offset`.
-            let mut at = 0usize;
-            let mut first = None;
-            while at + BATCH_HEADER_BYTES <= bytes.len() {
-                let h = BatchHeader::parse(&bytes[at..]).map_err(|e| corrupt(format!("batch at {}: {e}", pos + at as u64)))?;
-                if h.last_offset() as u64 >= offset {
-                    first = Some(h);
-                    break;
+            match read_ahead::select(&bytes, pos, offset, max_bytes, limit).map_err(corrupt)? {
+                read_ahead::Selection::Before { at } => {
+                    if pos + at as u64 > end {
+                        return Err(corrupt(format!("batch before {} extends past the durable data", pos + at as u64)));
+                    }
+                    if at == 0 {
+                        return Err(corrupt(format!("{} bytes at {pos} hold no batch header", bytes.len())));
+                    }
+                    // Every batch read ends before `offset`: go on after them, reading more at once.
+                    pos += at as u64;
+                    want = want.saturating_mul(2).min(READ_BYTES_MAX);
                 }
-                at += h.total_bytes;
-            }
-            if pos + at as u64 > end {
-                return Err(corrupt(format!("batch before {} extends past the durable data", pos + at as u64)));
-            }
-            let Some(first) = first else {
-                if at == 0 {
-                    return Err(corrupt(format!("{} bytes at {pos} hold no batch header", bytes.len())));
+                read_ahead::Selection::AtLimit => return Ok(None),
+                read_ahead::Selection::Partial { at, total_bytes } => {
+                    // The first batch is not whole in the buffer: read again from it.
+                    if pos + (at + total_bytes) as u64 > end {
+                        return Err(corrupt(format!("batch at {} extends past the durable data", pos + at as u64)));
+                    }
+                    pos += at as u64;
+                    want = max_bytes.max(total_bytes);
                 }
-                // Every batch read ends before `offset`: go on after them, reading more at once.
-                pos += at as u64;
-                want = want.saturating_mul(2).min(READ_BYTES_MAX);
-                continue;
-            };
-            if first.base_offset as u64 >= limit {
-                return Ok(None);
-            }
-            if at + first.total_bytes > bytes.len() {
-                // The first batch is not whole in the buffer: read again from it.
-                if pos + (at + first.total_bytes) as u64 > end {
-                    return Err(corrupt(format!("batch at {} extends past the durable data", pos + at as u64)));
+                read_ahead::Selection::Batches {
+                    at,
+                    taken,
+                    first_offset,
+                    next_offset,
+                } => {
+                    let found = ReadBatches {
+                        bytes: ReadResult::slice(&bytes, at, taken).expect("slice within the read"),
+                        first_offset,
+                        next_offset,
+                    };
+                    return Ok(Some((found, pos + (at + taken) as u64)));
                 }
-                pos += at as u64;
-                want = max_bytes.max(first.total_bytes);
-                continue;
             }
-            // Whole batches from the first, within `max_bytes` (the first one always).
-            let mut taken = 0usize;
-            let mut next_offset = first.base_offset as u64;
-            while at + taken + BATCH_HEADER_BYTES <= bytes.len() {
-                let h = BatchHeader::parse(&bytes[at + taken..])
-                    .map_err(|e| corrupt(format!("batch at {}: {e}", pos + (at + taken) as u64)))?;
-                let fits = taken == 0 || taken + h.total_bytes <= max_bytes;
-                if at + taken + h.total_bytes > bytes.len() || !fits || h.base_offset as u64 >= limit {
-                    break;
-                }
-                taken += h.total_bytes;
-                next_offset = h.last_offset() as u64 + 1;
-            }
-            let bytes = ReadResult::slice(&bytes, at, taken).expect("slice within the read");
-            return Ok(Some(ReadBatches {
-                bytes,
-                first_offset: first.base_offset as u64,
-                next_offset,
-            }));
         }
     }
 
@@ -1314,6 +1386,7 @@ impl PartitionLog {
         seg.data_bytes = summary.data_bytes;
         seg.durable_bytes = summary.data_bytes;
         seg.index = index;
+        st.rewrites += 1;
         Ok(true)
     }
 
@@ -1496,6 +1569,7 @@ impl PartitionLog {
             }
         }
         self.state_mut().closed = true;
+        self.inner.read_ahead.borrow_mut().clear();
         self.inner.durable_changed.notify_all();
         Ok(())
     }
@@ -1552,6 +1626,7 @@ impl Recovered {
             commits_running: 0,
             commit_covers: log_end,
             truncations: 0,
+            rewrites: 0,
             fdatasyncs: 0,
             fsync_us_total: 0,
             committed_bytes: 0,
@@ -1600,6 +1675,19 @@ pub async fn release_spares_if_wanted() -> bool {
     }
     SPARES_WANTED_SEEN.set(wanted);
     release_thread_spares().await
+}
+
+/// Drops the read-ahead windows of every reader on this thread that has been idle for
+/// `READ_AHEAD_IDLE_MS`, for a reader that found the thread's read-ahead budget spent.
+fn drop_idle_read_ahead() {
+    let now = std::time::Instant::now();
+    THREAD_LOGS.with_borrow(|logs| {
+        for inner in logs.iter().filter_map(std::rc::Weak::upgrade) {
+            if let Ok(mut ra) = inner.read_ahead.try_borrow_mut() {
+                ra.drop_idle(now);
+            }
+        }
+    });
 }
 
 /// Deletes the spare file of every open log on this thread, for an append that found the
