@@ -69,6 +69,9 @@ pub const READ_AHEAD_WINDOW_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// windows full. Beyond it, readers fall back to plain reads.
 pub const READ_AHEAD_BYTES_PER_THREAD_MAX: usize = 64 * 1024 * 1024;
 
+/// Window reads in flight per thread, over all its logs; the others wait their turn.
+pub const READ_AHEAD_READS_IN_FLIGHT_MAX: usize = 4;
+
 /// A reader silent for this long has moved on (to the batch cache, or away): its windows may
 /// be dropped to make room for another's.
 pub const READ_AHEAD_IDLE_MS: u64 = 1000;

@@ -1103,6 +1103,7 @@ impl PartitionLog {
         // Detached: nothing awaits the task itself (its readers wait on the window), and a
         // dropped `Task` would cancel it.
         glommio::spawn_local(async move {
+            let _turn = read_ahead::read_turn().await;
             let bytes = file.read_at(start, len).await.ok();
             window.complete(bytes);
         })

@@ -31,11 +31,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::io::ReadResult;
+use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::batch::BatchHeader;
 use crate::constants::{
-    BATCH_HEADER_BYTES, READ_AHEAD_BYTES_PER_THREAD_MAX, READ_AHEAD_IDLE_MS, READ_AHEAD_STREAMS_MAX, READ_AHEAD_WINDOWS_MAX,
-    READ_AHEAD_WINDOW_BYTES_MAX, READ_AHEAD_WINDOW_BYTES_MIN, READ_AHEAD_WINDOW_READS,
+    BATCH_HEADER_BYTES, READ_AHEAD_BYTES_PER_THREAD_MAX, READ_AHEAD_IDLE_MS, READ_AHEAD_READS_IN_FLIGHT_MAX, READ_AHEAD_STREAMS_MAX,
+    READ_AHEAD_WINDOWS_MAX, READ_AHEAD_WINDOW_BYTES_MAX, READ_AHEAD_WINDOW_BYTES_MIN, READ_AHEAD_WINDOW_READS,
 };
 use crate::notify::Notify;
 
@@ -104,10 +105,18 @@ pub(crate) fn select(bytes: &[u8], pos: u64, offset: u64, max_bytes: usize, limi
 }
 
 thread_local! {
+    /// Turns to read a window: at most `READ_AHEAD_READS_IN_FLIGHT_MAX` at once per thread.
+    static THREAD_READS: Rc<Semaphore> = Rc::new(Semaphore::new(READ_AHEAD_READS_IN_FLIGHT_MAX as u64));
     /// Bytes of read-ahead windows alive on this thread, over all its logs.
     static THREAD_BYTES: Cell<usize> = const { Cell::new(0) };
     /// Reads served from read-ahead windows on this thread.
     static THREAD_SERVED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Waits for a turn to read a window on this thread; the turn ends when the guard drops.
+pub(crate) async fn read_turn() -> Option<StaticPermit> {
+    let reads = THREAD_READS.with(Rc::clone);
+    reads.acquire_static_permit(1).await.ok()
 }
 
 /// Read-ahead on the calling thread (a log never leaves its thread).
