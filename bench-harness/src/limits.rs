@@ -1,13 +1,14 @@
 //! The machine's own limits, measured in the same run as the benchmark: O_DIRECT sequential
-//! append bandwidth at the broker's write size and depth, fdatasync latency, loopback TCP
-//! bandwidth and memcpy bandwidth. Every broker figure in the report stands beside one of these.
+//! append bandwidth at the broker's write size and depth, O_DIRECT sequential read bandwidth of
+//! what that wrote, fdatasync latency, loopback TCP bandwidth and memcpy bandwidth. Every broker figure in the report stands beside one of these.
 //!
 //! Raw disk method: `depth` threads (the log's `writes_in_flight_max`) each write whole buffers
 //! of `write_bytes` (the log's `write_buffer_bytes`) with O_DIRECT at increasing offsets of one
 //! file, which is preallocated ahead of the writes with fallocate in steps that double from one
 //! write buffer up to the log's `preallocate_step_bytes`, as the log grows its segments (ext4
 //! writes into preallocated space at about twice the speed of writes that grow the file). The
-//! final fdatasync is inside the timing. No `unsafe`: the aligned buffer is carved out of an
+//! final fdatasync is inside the timing. The read runs the same way over the file the append
+//! wrote: `depth` threads, `write_bytes` at a time, until its end or `DISK_MEASURE`. No `unsafe`: the aligned buffer is carved out of an
 //! over-allocated `Vec`, O_DIRECT is an open flag, fallocate comes from `nix`.
 
 use std::fs::{File, OpenOptions};
@@ -15,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,6 +40,8 @@ pub struct Limits {
     pub disk_write_bytes: usize,
     pub disk_depth: usize,
     pub disk_append_mb_per_s: f64,
+    /// O_DIRECT sequential reads of the appended file, same size and depth.
+    pub disk_read_mb_per_s: f64,
     pub fdatasync_write_bytes: usize,
     pub fdatasync_us_p50: u64,
     pub fdatasync_us_p99: u64,
@@ -55,7 +58,11 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
         "limits: O_DIRECT append, {write_bytes} B writes, {depth} in flight, in {}",
         dir.display()
     );
-    let disk = disk_append(dir, write_bytes, depth, preallocate_step_bytes, alignment)?;
+    let (disk, appended) = disk_append(dir, write_bytes, depth, preallocate_step_bytes, alignment)?;
+    eprintln!("limits: O_DIRECT read of what the append wrote");
+    let read = disk_read(&appended, write_bytes, depth, alignment);
+    std::fs::remove_file(&appended)?;
+    let read = read?;
     eprintln!("limits: fdatasync latency");
     let fsync_bytes = FSYNC_WRITE_BYTES.div_ceil(alignment) * alignment;
     let fsync = fdatasync_latency(dir, fsync_bytes, alignment, preallocate_step_bytes)?;
@@ -69,6 +76,7 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
         disk_write_bytes: write_bytes,
         disk_depth: depth,
         disk_append_mb_per_s: disk,
+        disk_read_mb_per_s: read,
         fdatasync_write_bytes: fsync_bytes,
         fdatasync_us_p50: fsync.value_at_quantile(0.5),
         fdatasync_us_p99: fsync.value_at_quantile(0.99),
@@ -118,6 +126,10 @@ impl Aligned {
     fn as_slice(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
     }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
 }
 
 fn open_direct(path: &Path) -> Result<File> {
@@ -154,7 +166,8 @@ impl Preallocator {
     }
 }
 
-fn disk_append(dir: &Path, write_bytes: usize, depth: usize, step_max: u64, alignment: usize) -> Result<f64> {
+/// Append bandwidth in MB/s, and the file written (the caller deletes it).
+fn disk_append(dir: &Path, write_bytes: usize, depth: usize, step_max: u64, alignment: usize) -> Result<(f64, PathBuf)> {
     let path = dir.join("raw-append.tmp");
     let file = Arc::new(open_direct(&path)?);
     let next = Arc::new(AtomicU64::new(0));
@@ -190,9 +203,47 @@ fn disk_append(dir: &Path, write_bytes: usize, depth: usize, step_max: u64, alig
     }
     file.sync_data().context("fdatasync")?;
     let secs = start.elapsed().as_secs_f64();
-    drop(file);
-    std::fs::remove_file(&path)?;
-    Ok(written.load(Ordering::Acquire) as f64 / secs / 1e6)
+    Ok((written.load(Ordering::Acquire) as f64 / secs / 1e6, path))
+}
+
+/// Sequential O_DIRECT read bandwidth of `path` in MB/s: `depth` threads reading `read_bytes`
+/// at increasing offsets until the end of the file or `DISK_MEASURE`.
+fn disk_read(path: &Path, read_bytes: usize, depth: usize, alignment: usize) -> Result<f64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
+    let size = file.metadata()?.len();
+    let file = Arc::new(file);
+    let next = Arc::new(AtomicU64::new(0));
+    let read = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + DISK_MEASURE;
+    let threads: Vec<_> = (0..depth)
+        .map(|_| {
+            let (file, next, read) = (file.clone(), next.clone(), read.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let mut buf = Aligned::new(read_bytes, alignment, 0);
+                while Instant::now() < deadline {
+                    let offset = next.fetch_add(read_bytes as u64, Ordering::AcqRel);
+                    if offset + read_bytes as u64 > size {
+                        break;
+                    }
+                    file.read_exact_at(buf.as_mut_slice(), offset).context("O_DIRECT read")?;
+                    read.fetch_add(read_bytes as u64, Ordering::AcqRel);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("disk reader thread")?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let bytes = read.load(Ordering::Acquire);
+    anyhow::ensure!(bytes > 0, "the append wrote less than one read ({read_bytes} B) to read back");
+    Ok(bytes as f64 / secs / 1e6)
 }
 
 /// Write-then-fdatasync latency in µs.

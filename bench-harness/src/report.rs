@@ -236,6 +236,11 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     );
     let _ = writeln!(
         md,
+        "| O_DIRECT sequential read of that file, same size and depth | {:.0} MB/s |",
+        l.disk_read_mb_per_s
+    );
+    let _ = writeln!(
+        md,
         "| write {} KiB + fdatasync, p50 / p99 / p99.9 | {} / {} / {} µs |",
         l.fdatasync_write_bytes / 1024,
         l.fdatasync_us_p50,
@@ -308,6 +313,42 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             ms(e("p9999_us")),
             ms(e("max_us")),
         );
+    }
+    let backlogs: Vec<&String> = names.iter().filter(|n| med(set, n, "/backlog/mb").is_some()).collect();
+    if !backlogs.is_empty() {
+        let _ = writeln!(md, "\n## Consumers starting behind (perf), medians\n");
+        let _ = writeln!(
+            md,
+            "The consumers wait until the backlog is acknowledged, then read it from where producing began while the \
+             producers go on at their rate. Read rate: the backlog's megabytes over the time the consumers took to read \
+             as many messages as it held; the disk serves those reads beside the producers' writes.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| workload | backlog MB | built in s | read in s | read MB/s | read / raw O_DIRECT read | consume MB/s over the run | publish MB/s over the run |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for n in backlogs {
+            // Per run, then the median: a run whose consumers never finished the backlog has none.
+            let drain_mb = median(
+                set.runs
+                    .iter()
+                    .filter(|r| !r.soak && &r.workload == n)
+                    .filter_map(|r| Some(r.f("/backlog/mb")? / r.f("/backlog/drain_s")?.max(1e-9)))
+                    .collect(),
+            );
+            let _ = writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                num(med(set, n, "/backlog/mb"), 0),
+                num(med(set, n, "/backlog/build_s"), 1),
+                num(med(set, n, "/backlog/drain_s"), 1),
+                num(drain_mb, 0),
+                num(drain_mb.map(|v| v / l.disk_read_mb_per_s), 2),
+                num(med(set, n, "/consume/mb_per_s"), 1),
+                num(med(set, n, "/publish/mb_per_s"), 1),
+            );
+        }
     }
     if !set.rdkafka.is_empty() {
         let _ = writeln!(md, "\n## Produce through librdkafka (medians)\n");
@@ -542,6 +583,7 @@ mod tests {
             disk_write_bytes: 1 << 20,
             disk_depth: 4,
             disk_append_mb_per_s: 1000.0,
+            disk_read_mb_per_s: 2000.0,
             fdatasync_write_bytes: 4096,
             fdatasync_us_p50: 400,
             fdatasync_us_p99: 2000,
@@ -571,6 +613,47 @@ mod tests {
                          "publish_latency": lat, "end_to_end_latency": lat,
                          "series": [{"t_s": 1.0, "publish_mb_per_s": mb, "consume_mb_per_s": mb}]}),
         }
+    }
+
+    #[test]
+    fn a_backlog_run_shows_its_read_rate_beside_the_raw_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_backlog = |rep, drain_s: Option<f64>| {
+            let mut r = run("backlog-drain", rep, 600.0, 1000, 0);
+            r.perf["backlog"] = json!({"mb": 4000.0, "messages": 3_906_250, "build_s": 6.0, "drain_s": drain_s});
+            r
+        };
+        // Read rates 1000, 500 and 800 MB/s; the fourth run never finished its backlog.
+        let set = RunSet {
+            machine: Machine::describe(dir.path()),
+            limits: limits(),
+            runs: vec![
+                with_backlog(0, Some(4.0)),
+                with_backlog(1, Some(8.0)),
+                with_backlog(2, Some(5.0)),
+                with_backlog(3, None),
+                run("max-throughput", 0, 750.0, 1000, 0),
+            ],
+            rdkafka: vec![],
+            failures: vec![],
+            command: "bench-harness run".into(),
+            reps: 3,
+        };
+        let md = write(&set, dir.path()).unwrap();
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| backlog-drain | 4000 |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        // Median read rate 800 MB/s, 0.40 of the 2000 MB/s raw read; median drain 5.0 s.
+        assert!(row.contains("| 5.0 | 800 | 0.40 |"), "{row}");
+        assert!(
+            md.contains("| O_DIRECT sequential read of that file, same size and depth | 2000 MB/s |"),
+            "{md}"
+        );
+        assert!(
+            !md.lines().any(|l| l.starts_with("| max-throughput | 0 |")),
+            "only backlog runs get a row"
+        );
     }
 
     #[test]

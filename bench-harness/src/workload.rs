@@ -91,6 +91,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "backlog-drain",
                 "fixed-rate-latency",
                 "keyed-small-batches",
                 "max-end-to-end",

@@ -70,6 +70,10 @@ pub const SOCKET_TIMEOUT_MS: u64 = 30_000;
 /// The workload's duration and warm-up, in seconds: a day is more than any benchmark needs.
 pub const DURATION_S_MAX: u64 = 24 * 3600;
 
+/// Largest `consumer_backlog_mb`: 1 TB, more than any disk here holds; the backlog phase also
+/// ends when the producers stop.
+pub const CONSUMER_BACKLOG_MB_MAX: u64 = 1_000_000;
+
 const _: () = assert!(BATCH_BYTES_MAX <= REQUEST_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!((PARTITION_FETCH_BYTES_MAX as usize) <= (FETCH_BYTES_MAX as usize));

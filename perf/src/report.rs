@@ -27,6 +27,27 @@ impl Throughput {
     }
 }
 
+/// A backlog run: how far behind the consumers started, and how long reading it took while the
+/// producers went on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// Megabytes (10^6 bytes of message values) acknowledged before the consumers started.
+    pub mb: f64,
+    pub messages: u64,
+    /// Seconds the producers took to build it.
+    pub build_s: f64,
+    /// Seconds from the consumers' start until they had read as many messages as the backlog
+    /// held; `None` if they had not by the end of the run.
+    pub drain_s: Option<f64>,
+}
+
+impl Backlog {
+    /// The rate the backlog was read at, beside what the producers added meanwhile.
+    pub fn drain_mb_per_s(&self) -> Option<f64> {
+        self.drain_s.map(|s| self.mb / s.max(1e-9))
+    }
+}
+
 /// One second of a run (after warm-up), for throughput-over-time plots.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -59,8 +80,12 @@ pub struct Report {
     pub first_error: Option<String>,
     /// From intended send time to acknowledgement.
     pub publish_latency: Option<Percentiles>,
-    /// From intended send time to receipt by a consumer (end-to-end mode only).
+    /// From intended send time to receipt by a consumer (end-to-end mode only). With a
+    /// backlog, the backlog's messages count too, from when they were sent.
     pub end_to_end_latency: Option<Percentiles>,
+    /// The backlog the consumers started behind (`consumer_backlog_mb`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<Backlog>,
     /// CPU time perf itself used during the measured window, in cores (1.0 = one core busy).
     pub perf_cpu_cores: f64,
     /// Share of the producers' time spent waiting for an in-flight slot, i.e. for the broker.
@@ -111,6 +136,13 @@ impl Report {
                     p.count
                 );
             }
+        }
+        if let Some(b) = &self.backlog {
+            s += &format!("backlog: {:.0} MB built in {:.1} s; ", b.mb, b.build_s);
+            s += &match (b.drain_s, b.drain_mb_per_s()) {
+                (Some(d), Some(r)) => format!("read in {d:.1} s ({r:.0} MB/s) while producing went on\n"),
+                _ => "not read by the end of the run\n".to_owned(),
+            };
         }
         s += &format!(
             "perf used {:.2} cores; producers waited for the broker {:.0}% of the time\n",

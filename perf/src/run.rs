@@ -32,10 +32,10 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceReque
 use crate::batch::{walk_values, BatchBuilder, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
-    ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX, PARTITION_FETCH_BYTES_MAX,
-    REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
+    ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX,
+    PARTITION_FETCH_BYTES_MAX, REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
 };
-use crate::report::{Point, Report, Throughput};
+use crate::report::{Backlog, Point, Report, Throughput};
 use crate::stats::{wall_ns, Pacer, Sample};
 use crate::workload::{KeyDistributor, Mode, Workload};
 use crate::{Error, Result};
@@ -59,6 +59,8 @@ pub struct RunOptions {
 struct Shared {
     stop_producing: AtomicBool,
     stop_consuming: AtomicBool,
+    /// Consumers have their positions but do not fetch yet (`consumer_backlog_mb`).
+    consumers_held: AtomicBool,
     /// Counters and histograms flushed by the threads since the last tick.
     sample: Mutex<Sample>,
     /// Messages acknowledged (acks 1 or all) or written (acks 0), and consumed, so far.
@@ -171,17 +173,35 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         Ok(handles)
     };
 
+    let mut backlog: Option<Backlog> = None;
     let report = match w.mode {
         Mode::Produce | Mode::EndToEnd => {
+            let hold = w.consumer_backlog_mb > 0;
+            shared.consumers_held.store(hold, Ordering::Release);
             let consumers = if w.mode == Mode::EndToEnd {
                 start_consumers(&shared, -1, true)?
             } else {
                 Vec::new()
             };
             let producers = start_producers(&shared);
+            let stopped = || producers.iter().any(|h| h.is_finished()) || consumers.iter().any(|h| h.is_finished());
+            if hold {
+                backlog = Some(build_backlog(w, &shared, &mut ticker, stopped));
+            }
             let warmup = Duration::from_secs(w.warmup_s);
             let duration = Duration::from_secs(w.duration_s);
-            ticker.run(&shared, "run", warmup, duration, || producers.iter().any(|h| h.is_finished()));
+            let drained_at = std::cell::Cell::new(None);
+            let released = Instant::now();
+            let backlog_messages = backlog.as_ref().map_or(0, |b| b.messages);
+            ticker.run(&shared, "run", warmup, duration, || {
+                if drained_at.get().is_none() && shared.consumed.load(Ordering::Acquire) >= backlog_messages {
+                    drained_at.set(Some(released.elapsed()));
+                }
+                producers.iter().any(|h| h.is_finished())
+            });
+            if let Some(b) = backlog.as_mut() {
+                b.drain_s = drained_at.get().map(|d| d.as_secs_f64());
+            }
             shared.stop_producing.store(true, Ordering::Release);
             let produced = join_all(producers);
             if w.mode == Mode::EndToEnd {
@@ -238,6 +258,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         first_error,
         publish_latency: report.total.publish.percentiles(),
         end_to_end_latency: report.total.end_to_end.percentiles(),
+        backlog,
         perf_cpu_cores: report.cpu_cores,
         producer_wait_fraction: shared.window_wait_ns.load(Ordering::Acquire) as f64 / producer_ns as f64,
         series: report.series,
@@ -921,6 +942,25 @@ struct ConsumerCtx {
     ready: Arc<AtomicUsize>,
 }
 
+/// Holds the consumers until the producers have `consumer_backlog_mb` acknowledged (or stop,
+/// or a consumer does), then lets them read; not measured.
+fn build_backlog(w: &Workload, shared: &Shared, ticker: &mut Ticker, stopped: impl Fn() -> bool) -> Backlog {
+    let target = (w.consumer_backlog_mb * 1_000_000).div_ceil(w.message_size as u64);
+    let started = Instant::now();
+    let forever = Duration::from_secs(DURATION_S_MAX);
+    ticker.run(shared, "backlog", forever, Duration::ZERO, || {
+        shared.acked.load(Ordering::Acquire) >= target || stopped()
+    });
+    let messages = shared.acked.load(Ordering::Acquire);
+    shared.consumers_held.store(false, Ordering::Release);
+    Backlog {
+        mb: messages as f64 * w.message_size as f64 / 1e6,
+        messages,
+        build_s: started.elapsed().as_secs_f64(),
+        drain_s: None,
+    }
+}
+
 fn consumer(ctx: ConsumerCtx) -> Result<()> {
     let mut by_leader: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for &p in &ctx.partitions {
@@ -934,6 +974,12 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
         links.push((conn, positions, partitions));
     }
     ctx.ready.fetch_add(1, Ordering::AcqRel);
+    while ctx.shared.consumers_held.load(Ordering::Acquire) {
+        if ctx.shared.stop_consuming.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut local = Sample::default();
     let mut last_flush = Instant::now();
     while !ctx.shared.stop_consuming.load(Ordering::Acquire) {

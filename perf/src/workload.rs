@@ -20,6 +20,7 @@
 //! linger_ms = 1
 //! compression = "none"         # none | gzip | snappy | lz4 | zstd
 //! max_in_flight = 5            # requests in flight per connection
+//! consumer_backlog_mb = 0      # end-to-end: consumers wait until this much is produced
 //! warmup_s = 5
 //! duration_s = 20
 //!
@@ -36,8 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::Compression;
 use crate::constants::{
-    BATCH_BYTES_MAX, CLIENTS_PER_TOPIC_MAX, DURATION_S_MAX, IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN, PARTITIONS_PER_TOPIC_MAX,
-    TOPICS_MAX,
+    BATCH_BYTES_MAX, CLIENTS_PER_TOPIC_MAX, CONSUMER_BACKLOG_MB_MAX, DURATION_S_MAX, IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, MESSAGE_BYTES_MIN,
+    PARTITIONS_PER_TOPIC_MAX, TOPICS_MAX,
 };
 use crate::{Error, Result};
 
@@ -120,6 +121,12 @@ pub struct Workload {
     pub compression: Compression,
     #[serde(default = "in_flight_default")]
     pub max_in_flight: usize,
+    /// End-to-end mode: the consumers wait (at the offsets where producing began) until this
+    /// many megabytes (10^6 bytes of message values) are acknowledged, then read the backlog
+    /// while the producers go on, and the warm-up and the measured window start then (OMB's
+    /// `consumerBacklogSizeGB`). 0: consumers read from the start.
+    #[serde(default)]
+    pub consumer_backlog_mb: u64,
     #[serde(default)]
     pub warmup_s: u64,
     pub duration_s: u64,
@@ -250,6 +257,20 @@ impl Workload {
                 format!("must be between 1 and {IN_FLIGHT_MAX}"),
             );
         }
+        if self.consumer_backlog_mb > 0 && self.mode != Mode::EndToEnd {
+            return bad(
+                "consumer_backlog_mb",
+                self.consumer_backlog_mb,
+                "only end-to-end mode has consumers to hold back",
+            );
+        }
+        if self.consumer_backlog_mb > CONSUMER_BACKLOG_MB_MAX {
+            return bad(
+                "consumer_backlog_mb",
+                self.consumer_backlog_mb,
+                format!("must be at most {CONSUMER_BACKLOG_MB_MAX}"),
+            );
+        }
         if self.duration_s == 0 || self.duration_s > DURATION_S_MAX {
             return bad("duration_s", self.duration_s, format!("must be between 1 and {DURATION_S_MAX}"));
         }
@@ -318,6 +339,16 @@ duration_s = 2
         assert_eq!(w.acks_code(), 1);
         assert_eq!(w.producer_rate, 5000);
         assert_eq!(w.topic_config["retention.bytes"], "1048576");
+    }
+
+    #[test]
+    fn a_backlog_needs_end_to_end_mode_and_a_bound() {
+        let w = Workload::parse(&format!("{GOOD}consumer_backlog_mb = 4000\n"), "x").unwrap();
+        assert_eq!(w.consumer_backlog_mb, 4000);
+        let e = err(&format!("{GOOD}consumer_backlog_mb = 1\nmode = \"consume\"\n"));
+        assert!(e.contains("`consumer_backlog_mb`") && e.contains("end-to-end"), "{e}");
+        let e = err(&format!("{GOOD}consumer_backlog_mb = {}\n", CONSUMER_BACKLOG_MB_MAX + 1));
+        assert!(e.contains("`consumer_backlog_mb`"), "{e}");
     }
 
     #[test]

@@ -173,6 +173,26 @@ fn consume_mode_reads_back_the_whole_backlog() {
 }
 
 #[test]
+fn a_backlog_run_holds_the_consumers_until_the_backlog_is_built_and_reads_it_all() {
+    let b = Broker::start();
+    // 1 MB of 200-byte values is 5,000 messages: built in about a second at 5,000 msg/s.
+    let r = run(
+        &b,
+        &workload("smoke-backlog", Mode::EndToEnd, "consumer_backlog_mb = 1\n"),
+        Some(5000),
+    );
+    assert_clean(&r);
+    let backlog = r.backlog.as_ref().expect("a backlog report");
+    assert!(backlog.messages >= 5000, "{}", r.summary());
+    assert!(backlog.mb >= 1.0, "{}", r.summary());
+    assert!(backlog.drain_s.is_some(), "read within the run: {}", r.summary());
+    // The backlog's messages are measured from when they were sent: some waited the whole build.
+    let e2e = r.end_to_end_latency.as_ref().expect("end-to-end latencies");
+    assert!(e2e.max_us as f64 >= backlog.build_s * 1e6 * 0.5, "{}", r.summary());
+    assert!(r.summary().contains("backlog:"), "{}", r.summary());
+}
+
+#[test]
 fn the_cli_writes_json() {
     let b = Broker::start();
     let dir = tempfile::tempdir().unwrap();
