@@ -6,6 +6,15 @@ use std::time::Duration;
 /// warm-up, short enough that four measurements fit a CI run.
 pub const DISK_MEASURE: Duration = Duration::from_secs(3);
 
+/// The raw O_DIRECT read: 16 reads of 512 KiB in flight, the best fio found here (1838 MB/s
+/// over segment files one day, 1392 over a fresh file another, when this reader gave 1383). The
+/// broker's read-ahead keeps up to 4 windows of up to 4 MiB in flight per shard, so the disk
+/// sees at least that depth; 1 MiB reads split into two requests on the CI machine's virtio
+/// disk (254 segments at most, see ARCHITECTURE.md) and read slower (1347 MB/s at depth 16,
+/// 1280 at the append's depth of 4, single runs).
+pub const DISK_READ_BYTES: usize = 512 * 1024;
+pub const DISK_READ_DEPTH: usize = 16;
+
 /// The raw append file never grows past this, whatever the device's speed, so the baseline
 /// cannot fill a shared disk.
 pub const DISK_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;

@@ -8,7 +8,7 @@
 //! write buffer up to the log's `preallocate_step_bytes`, as the log grows its segments (ext4
 //! writes into preallocated space at about twice the speed of writes that grow the file). The
 //! final fdatasync is inside the timing. The read runs the same way over the file the append
-//! wrote: `depth` threads, `write_bytes` at a time, until its end or `DISK_MEASURE`. No `unsafe`: the aligned buffer is carved out of an
+//! wrote: `DISK_READ_DEPTH` threads, `DISK_READ_BYTES` at a time, until its end or `DISK_MEASURE`. No `unsafe`: the aligned buffer is carved out of an
 //! over-allocated `Vec`, O_DIRECT is an open flag, fallocate comes from `nix`.
 
 use std::fs::{File, OpenOptions};
@@ -26,8 +26,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::constants::{
-    ALIGNMENT_FALLBACK_BYTES, DISK_BYTES_MAX, DISK_MEASURE, FSYNC_ITERATIONS_MAX, FSYNC_MEASURE, FSYNC_WRITE_BYTES, LATENCY_US_MAX,
-    MEMCPY_BYTES, MEMCPY_MEASURE, TCP_CHUNK_BYTES, TCP_MEASURE,
+    ALIGNMENT_FALLBACK_BYTES, DISK_BYTES_MAX, DISK_MEASURE, DISK_READ_BYTES, DISK_READ_DEPTH, FSYNC_ITERATIONS_MAX, FSYNC_MEASURE,
+    FSYNC_WRITE_BYTES, LATENCY_US_MAX, MEMCPY_BYTES, MEMCPY_MEASURE, TCP_CHUNK_BYTES, TCP_MEASURE,
 };
 
 /// What the machine can do. MB is 10^6 bytes.
@@ -40,8 +40,11 @@ pub struct Limits {
     pub disk_write_bytes: usize,
     pub disk_depth: usize,
     pub disk_append_mb_per_s: f64,
-    /// O_DIRECT sequential reads of the appended file, same size and depth.
+    /// O_DIRECT sequential reads of the appended file, `DISK_READ_BYTES` each,
+    /// `DISK_READ_DEPTH` in flight.
     pub disk_read_mb_per_s: f64,
+    pub disk_read_bytes: usize,
+    pub disk_read_depth: usize,
     pub fdatasync_write_bytes: usize,
     pub fdatasync_us_p50: u64,
     pub fdatasync_us_p99: u64,
@@ -60,7 +63,8 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
     );
     let (disk, appended) = disk_append(dir, write_bytes, depth, preallocate_step_bytes, alignment)?;
     eprintln!("limits: O_DIRECT read of what the append wrote");
-    let read = disk_read(&appended, write_bytes, depth, alignment);
+    let read_bytes = DISK_READ_BYTES.div_ceil(alignment) * alignment;
+    let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment);
     std::fs::remove_file(&appended)?;
     let read = read?;
     eprintln!("limits: fdatasync latency");
@@ -77,6 +81,8 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
         disk_depth: depth,
         disk_append_mb_per_s: disk,
         disk_read_mb_per_s: read,
+        disk_read_bytes: read_bytes,
+        disk_read_depth: DISK_READ_DEPTH,
         fdatasync_write_bytes: fsync_bytes,
         fdatasync_us_p50: fsync.value_at_quantile(0.5),
         fdatasync_us_p99: fsync.value_at_quantile(0.99),

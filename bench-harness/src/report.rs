@@ -236,7 +236,9 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "| O_DIRECT sequential read of that file, same size and depth | {:.0} MB/s |",
+        "| O_DIRECT sequential read of that file, {} KiB reads, {} in flight | {:.0} MB/s |",
+        l.disk_read_bytes / 1024,
+        l.disk_read_depth,
         l.disk_read_mb_per_s
     );
     let _ = writeln!(
@@ -584,6 +586,8 @@ mod tests {
             disk_depth: 4,
             disk_append_mb_per_s: 1000.0,
             disk_read_mb_per_s: 2000.0,
+            disk_read_bytes: 512 * 1024,
+            disk_read_depth: 16,
             fdatasync_write_bytes: 4096,
             fdatasync_us_p50: 400,
             fdatasync_us_p99: 2000,
@@ -647,7 +651,7 @@ mod tests {
         // Median read rate 800 MB/s, 0.40 of the 2000 MB/s raw read; median drain 5.0 s.
         assert!(row.contains("| 5.0 | 800 | 0.40 |"), "{row}");
         assert!(
-            md.contains("| O_DIRECT sequential read of that file, same size and depth | 2000 MB/s |"),
+            md.contains("| O_DIRECT sequential read of that file, 512 KiB reads, 16 in flight | 2000 MB/s |"),
             "{md}"
         );
         assert!(
