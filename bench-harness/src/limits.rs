@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -175,41 +175,20 @@ impl Preallocator {
 /// Append bandwidth in MB/s, and the file written (the caller deletes it).
 fn disk_append(dir: &Path, write_bytes: usize, depth: usize, step_max: u64, alignment: usize) -> Result<(f64, PathBuf)> {
     let path = dir.join("raw-append.tmp");
-    let file = Arc::new(open_direct(&path)?);
-    let next = Arc::new(AtomicU64::new(0));
-    let written = Arc::new(AtomicU64::new(0));
-    let prealloc = Arc::new(Mutex::new(Preallocator {
+    let file = open_direct(&path)?;
+    let prealloc = Mutex::new(Preallocator {
         allocated: 0,
         step: write_bytes as u64,
         step_max: step_max.max(write_bytes as u64),
-    }));
-    let start = Instant::now();
-    let deadline = start + DISK_MEASURE;
-    let threads: Vec<_> = (0..depth)
-        .map(|i| {
-            let (file, next, written, prealloc) = (file.clone(), next.clone(), written.clone(), prealloc.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let buf = Aligned::new(write_bytes, alignment, i as u8 + 1);
-                while Instant::now() < deadline {
-                    let offset = next.fetch_add(write_bytes as u64, Ordering::AcqRel);
-                    let end = offset + write_bytes as u64;
-                    if end > DISK_BYTES_MAX {
-                        break;
-                    }
-                    prealloc.lock().expect("no panic holding it").ensure(&file, end)?;
-                    file.write_all_at(buf.as_slice(), offset).context("O_DIRECT write")?;
-                    written.fetch_add(write_bytes as u64, Ordering::AcqRel);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("disk writer thread")?;
-    }
+    });
+    let (written, start) = sequential(depth, write_bytes, DISK_BYTES_MAX, alignment, |buf, offset| {
+        let end = offset + buf.len() as u64;
+        prealloc.lock().expect("no panic holding it").ensure(&file, end)?;
+        file.write_all_at(buf, offset).context("O_DIRECT write")
+    })?;
     file.sync_data().context("fdatasync")?;
     let secs = start.elapsed().as_secs_f64();
-    Ok((written.load(Ordering::Acquire) as f64 / secs / 1e6, path))
+    Ok((written as f64 / secs / 1e6, path))
 }
 
 /// Sequential O_DIRECT read bandwidth of `path` in MB/s: `depth` threads reading `read_bytes`
@@ -221,35 +200,45 @@ fn disk_read(path: &Path, read_bytes: usize, depth: usize, alignment: usize) -> 
         .open(path)
         .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
     let size = file.metadata()?.len();
-    let file = Arc::new(file);
-    let next = Arc::new(AtomicU64::new(0));
-    let read = Arc::new(AtomicU64::new(0));
+    let (read, start) = sequential(depth, read_bytes, size, alignment, |buf, offset| {
+        file.read_exact_at(buf, offset).context("O_DIRECT read")
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(read > 0, "the append wrote less than one read ({read_bytes} B) to read back");
+    Ok(read as f64 / secs / 1e6)
+}
+
+/// Runs `op` on pieces of `unit` bytes at increasing offsets from `depth` threads at once, each
+/// with an aligned buffer of its own, until the next piece would pass `end` or `DISK_MEASURE`
+/// is up. Returns the bytes done and when it started.
+fn sequential<F>(depth: usize, unit: usize, end: u64, alignment: usize, op: F) -> Result<(u64, Instant)>
+where
+    F: Fn(&mut [u8], u64) -> Result<()> + Sync,
+{
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
     let start = Instant::now();
     let deadline = start + DISK_MEASURE;
-    let threads: Vec<_> = (0..depth)
-        .map(|_| {
-            let (file, next, read) = (file.clone(), next.clone(), read.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let mut buf = Aligned::new(read_bytes, alignment, 0);
-                while Instant::now() < deadline {
-                    let offset = next.fetch_add(read_bytes as u64, Ordering::AcqRel);
-                    if offset + read_bytes as u64 > size {
-                        break;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..depth)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    let mut buf = Aligned::new(unit, alignment, 1);
+                    while Instant::now() < deadline {
+                        let offset = next.fetch_add(unit as u64, Ordering::AcqRel);
+                        if offset + unit as u64 > end {
+                            break;
+                        }
+                        op(buf.as_mut_slice(), offset)?;
+                        done.fetch_add(unit as u64, Ordering::AcqRel);
                     }
-                    file.read_exact_at(buf.as_mut_slice(), offset).context("O_DIRECT read")?;
-                    read.fetch_add(read_bytes as u64, Ordering::AcqRel);
-                }
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("disk reader thread")?;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let bytes = read.load(Ordering::Acquire);
-    anyhow::ensure!(bytes > 0, "the append wrote less than one read ({read_bytes} B) to read back");
-    Ok(bytes as f64 / secs / 1e6)
+            .collect();
+        threads.into_iter().try_for_each(|t| t.join().expect("disk I/O thread"))
+    })?;
+    Ok((done.load(Ordering::Acquire), start))
 }
 
 /// Write-then-fdatasync latency in µs.
