@@ -495,6 +495,25 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_reader_gives_its_windows_back_and_a_recent_one_keeps_them() {
+        let now = Instant::now();
+        let mut ra = ReadAhead::default();
+        let before = read_ahead_stats().bytes;
+        let half = (READ_AHEAD_BYTES_PER_THREAD_MAX - before) / 2;
+        for (offset, idle_ms) in [(100, READ_AHEAD_IDLE_MS + 1), (200, 0)] {
+            let mut s = Stream::new(1, 0, offset, 0);
+            s.windows.push_back(Window::reserve(0, half).expect("fits"));
+            s.last_used = now - Duration::from_millis(idle_ms);
+            ra.put(s);
+        }
+        assert!(Window::reserve(0, half).is_none(), "the budget is spent");
+        ra.drop_idle(now);
+        assert!(ra.take(1, 100).is_none(), "the idle reader is forgotten");
+        assert!(ra.take(1, 200).is_some(), "the recent one is kept");
+        assert!(Window::reserve(0, half).is_some(), "the idle reader's bytes are free again");
+    }
+
+    #[test]
     fn streams_are_found_by_offset_and_generation_and_the_oldest_goes_first() {
         let mut ra = ReadAhead::default();
         for i in 0..READ_AHEAD_STREAMS_MAX as u64 + 1 {
