@@ -1020,8 +1020,8 @@ impl PartitionLog {
                     st.content_generation(),
                 )
             };
-            // A reader that continues where it stopped: its stream's windows may hold the
-            // batches, and its position is the batch's own (no index slack).
+            // A reader that continues where it stopped has a stream, positioned at the batch
+            // itself (no index slack).
             let stream = self.inner.read_ahead.borrow_mut().take(generation, offset);
             let mut stream = match stream {
                 Some(mut s) => {
@@ -1030,39 +1030,27 @@ impl PartitionLog {
                 }
                 None => read_ahead::Stream::new(generation, base, offset, start_pos),
             };
-            let found = if stream.base == base {
-                let served = stream.serve(max_bytes, limit).await.map_err(|detail| Error::Corrupt {
+            // Its windows may hold the batches; else read from its position, which for a new
+            // stream is the index entry's.
+            let served = if stream.base == base {
+                stream.serve(max_bytes, limit).await.map_err(|detail| Error::Corrupt {
                     what: "segment",
                     path: path.clone(),
                     detail,
-                })?;
-                match served {
-                    read_ahead::Served::Batches {
-                        bytes,
-                        at,
-                        taken,
-                        first_offset,
-                        next_offset,
-                        end_pos,
-                    } => Some((
-                        ReadBatches {
-                            bytes: ReadResult::slice(&bytes, at, taken).expect("slice within the window"),
-                            first_offset,
-                            next_offset,
-                        },
-                        end_pos,
-                    )),
-                    read_ahead::Served::AtLimit => {
-                        self.inner.read_ahead.borrow_mut().put(stream);
-                        return Ok(None);
-                    }
-                    read_ahead::Served::Miss => {
-                        let from = if stream.sequential { stream.next_pos } else { start_pos };
-                        self.read_from(&file, &path, offset, from, end_pos, max_bytes, limit).await?
-                    }
-                }
+                })?
             } else {
-                self.read_from(&file, &path, offset, start_pos, end_pos, max_bytes, limit).await?
+                read_ahead::Served::Miss
+            };
+            let found = match served {
+                read_ahead::Served::Batches { batches, end_pos } => Some((batches, end_pos)),
+                read_ahead::Served::AtLimit => {
+                    self.inner.read_ahead.borrow_mut().put(stream);
+                    return Ok(None);
+                }
+                read_ahead::Served::Miss => {
+                    let from = if stream.base == base { stream.next_pos } else { start_pos };
+                    self.read_from(&file, &path, offset, from, end_pos, max_bytes, limit).await?
+                }
             };
             if let Some((found, end_pos)) = found {
                 stream.advance(base, found.next_offset, end_pos);

@@ -38,6 +38,7 @@ use crate::constants::{
     BATCH_HEADER_BYTES, READ_AHEAD_BYTES_PER_THREAD_MAX, READ_AHEAD_IDLE_MS, READ_AHEAD_READS_IN_FLIGHT_MAX, READ_AHEAD_STREAMS_MAX,
     READ_AHEAD_WINDOWS_MAX, READ_AHEAD_WINDOW_BYTES_MAX, READ_AHEAD_WINDOW_BYTES_MIN, READ_AHEAD_WINDOW_READS,
 };
+use crate::log::ReadBatches;
 use crate::notify::Notify;
 
 /// What a buffer read from a segment holds for a read at `offset`.
@@ -245,15 +246,8 @@ pub(crate) struct Stream {
 
 /// What a stream's windows made of a read.
 pub(crate) enum Served {
-    /// A window held the batches: `bytes[at..at + taken]`, ending at file position `end_pos`.
-    Batches {
-        bytes: ReadResult,
-        at: usize,
-        taken: usize,
-        first_offset: u64,
-        next_offset: u64,
-        end_pos: u64,
-    },
+    /// A window held the batches (a slice of its buffer), ending at file position `end_pos`.
+    Batches { batches: ReadBatches, end_pos: u64 },
     /// Nothing is readable at the stream's position (the limit).
     AtLimit,
     /// No window holds the batch: read it from the segment.
@@ -297,11 +291,11 @@ impl Stream {
                     let at = at + skipped;
                     THREAD_SERVED.set(THREAD_SERVED.get() + 1);
                     return Ok(Served::Batches {
-                        bytes,
-                        at,
-                        taken,
-                        first_offset,
-                        next_offset,
+                        batches: ReadBatches {
+                            bytes: ReadResult::slice(&bytes, at, taken).expect("slice within the window"),
+                            first_offset,
+                            next_offset,
+                        },
                         end_pos: w.start + (at + taken) as u64,
                     });
                 }
