@@ -1,6 +1,7 @@
 //! The machine's own limits, measured in the same run as the benchmark: O_DIRECT sequential
 //! append bandwidth at the broker's write size and depth, O_DIRECT sequential read bandwidth of
-//! what that wrote, fdatasync latency, loopback TCP bandwidth and memcpy bandwidth. Every broker figure in the report stands beside one of these.
+//! what that wrote, both at once, fdatasync latency, loopback TCP bandwidth and memcpy
+//! bandwidth. Every broker figure in the report stands beside one of these.
 //!
 //! Raw disk method: `depth` threads (the log's `writes_in_flight_max`) each write whole buffers
 //! of `write_bytes` (the log's `write_buffer_bytes`) with O_DIRECT at increasing offsets of one
@@ -8,8 +9,10 @@
 //! write buffer up to the log's `preallocate_step_bytes`, as the log grows its segments (ext4
 //! writes into preallocated space at about twice the speed of writes that grow the file). The
 //! final fdatasync is inside the timing. The read runs the same way over the file the append
-//! wrote: `DISK_READ_DEPTH` threads, `DISK_READ_BYTES` at a time, until its end or `DISK_MEASURE`. No `unsafe`: the aligned buffer is carved out of an
-//! over-allocated `Vec`, O_DIRECT is an open flag, fallocate comes from `nix`.
+//! wrote: `DISK_READ_DEPTH` threads, `DISK_READ_BYTES` at a time, until its end or
+//! `DISK_MEASURE`. Then both at once: the same read over that file while the same append writes
+//! a second one. No `unsafe`: the aligned buffer is carved out of an over-allocated `Vec`,
+//! O_DIRECT is an open flag, fallocate comes from `nix`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -45,6 +48,11 @@ pub struct Limits {
     pub disk_read_mb_per_s: f64,
     pub disk_read_bytes: usize,
     pub disk_read_depth: usize,
+    /// The append and the read above at once (the read over the first append's file): what
+    /// the disk gives each while the other runs, as when consumers read a backlog from the
+    /// disk while producers write.
+    pub disk_mixed_append_mb_per_s: f64,
+    pub disk_mixed_read_mb_per_s: f64,
     pub fdatasync_write_bytes: usize,
     pub fdatasync_us_p50: u64,
     pub fdatasync_us_p99: u64,
@@ -61,12 +69,24 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
         "limits: O_DIRECT append, {write_bytes} B writes, {depth} in flight, in {}",
         dir.display()
     );
-    let (disk, appended) = disk_append(dir, write_bytes, depth, preallocate_step_bytes, alignment)?;
+    let (disk, appended) = disk_append(dir, "raw-append.tmp", write_bytes, depth, preallocate_step_bytes, alignment)?;
     eprintln!("limits: O_DIRECT read of what the append wrote");
     let read_bytes = DISK_READ_BYTES.div_ceil(alignment) * alignment;
-    let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment);
+    let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment).and_then(|read| {
+        eprintln!("limits: the same append and read at once");
+        let mixed = std::thread::scope(|scope| {
+            let append = scope.spawn(|| disk_append(dir, "raw-mixed-append.tmp", write_bytes, depth, preallocate_step_bytes, alignment));
+            let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment);
+            let append = append.join().expect("mixed append thread");
+            if let Ok((_, path)) = &append {
+                std::fs::remove_file(path)?;
+            }
+            Ok::<_, anyhow::Error>((append?.0, read?))
+        })?;
+        Ok((read, mixed))
+    });
     std::fs::remove_file(&appended)?;
-    let read = read?;
+    let (read, (mixed_append, mixed_read)) = read?;
     eprintln!("limits: fdatasync latency");
     let fsync_bytes = FSYNC_WRITE_BYTES.div_ceil(alignment) * alignment;
     let fsync = fdatasync_latency(dir, fsync_bytes, alignment, preallocate_step_bytes)?;
@@ -83,6 +103,8 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
         disk_read_mb_per_s: read,
         disk_read_bytes: read_bytes,
         disk_read_depth: DISK_READ_DEPTH,
+        disk_mixed_append_mb_per_s: mixed_append,
+        disk_mixed_read_mb_per_s: mixed_read,
         fdatasync_write_bytes: fsync_bytes,
         fdatasync_us_p50: fsync.value_at_quantile(0.5),
         fdatasync_us_p99: fsync.value_at_quantile(0.99),
@@ -94,24 +116,24 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
 
 /// The logical block size of the device holding `dir`, from sysfs; 4096 only if unreadable.
 fn alignment(dir: &Path) -> (usize, String) {
-    let read = || -> Option<usize> {
-        let dev = std::fs::metadata(dir).ok()?.dev();
-        // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
-        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-        let base = format!("/sys/dev/block/{major}:{minor}");
-        // A partition has no queue/ of its own; its parent disk does.
-        [
-            format!("{base}/queue/logical_block_size"),
-            format!("{base}/../queue/logical_block_size"),
-        ]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
-    };
-    match read() {
+    match queue_attribute(dir, "logical_block_size").and_then(|v| v.parse::<usize>().ok()) {
         Some(a) if a.is_power_of_two() => (a, "the device's logical block size (sysfs)".into()),
         _ => (ALIGNMENT_FALLBACK_BYTES, "fallback (logical block size unreadable)".into()),
     }
+}
+
+/// An attribute of the block queue of the device holding `dir` (`queue/<name>` in sysfs),
+/// trimmed; `None` if unreadable.
+pub fn queue_attribute(dir: &Path, name: &str) -> Option<String> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let base = format!("/sys/dev/block/{major}:{minor}");
+    // A partition has no queue/ of its own; its parent disk does.
+    [format!("{base}/queue/{name}"), format!("{base}/../queue/{name}")]
+        .iter()
+        .find_map(|p| Some(std::fs::read_to_string(p).ok()?.trim().to_owned()))
 }
 
 /// A buffer of `len` bytes whose start is aligned to `align`, inside an over-allocated Vec.
@@ -173,8 +195,8 @@ impl Preallocator {
 }
 
 /// Append bandwidth in MB/s, and the file written (the caller deletes it).
-fn disk_append(dir: &Path, write_bytes: usize, depth: usize, step_max: u64, alignment: usize) -> Result<(f64, PathBuf)> {
-    let path = dir.join("raw-append.tmp");
+fn disk_append(dir: &Path, name: &str, write_bytes: usize, depth: usize, step_max: u64, alignment: usize) -> Result<(f64, PathBuf)> {
+    let path = dir.join(name);
     let file = open_direct(&path)?;
     let prealloc = Mutex::new(Preallocator {
         allocated: 0,

@@ -183,9 +183,11 @@ fn run(a: RunArgs) -> Result<()> {
         log_config.preallocate_step_bytes,
     )?;
     eprintln!(
-        "limits: disk append {:.0} MB/s, read {:.0} MB/s, fdatasync p50 {} µs p99 {} µs, loopback TCP {:.0} MB/s, memcpy {:.0} MB/s",
+        "limits: disk append {:.0} MB/s, read {:.0} MB/s, both at once {:.0} / {:.0} MB/s, fdatasync p50 {} µs p99 {} µs, loopback TCP {:.0} MB/s, memcpy {:.0} MB/s",
         limits.disk_append_mb_per_s,
         limits.disk_read_mb_per_s,
+        limits.disk_mixed_append_mb_per_s,
+        limits.disk_mixed_read_mb_per_s,
         limits.fdatasync_us_p50,
         limits.fdatasync_us_p99,
         limits.tcp_loopback_mb_per_s,

@@ -27,6 +27,9 @@ pub struct Machine {
     pub kernel: String,
     /// Filesystem type and device of the data directory, from /proc/mounts.
     pub filesystem: String,
+    /// The I/O scheduler of that device's queue (sysfs): it decides how reads and writes share
+    /// the disk when consumers read a backlog while producers write.
+    pub io_scheduler: String,
 }
 
 impl Machine {
@@ -64,6 +67,14 @@ impl Machine {
             memory_gib: mem_kb / 1024.0 / 1024.0,
             kernel,
             filesystem,
+            io_scheduler: crate::limits::queue_attribute(&dir, "scheduler")
+                .and_then(|all| {
+                    // The active one is bracketed: "none [mq-deadline] kyber bfq".
+                    let start = all.find('[')? + 1;
+                    let end = start + all[start..].find(']')?;
+                    Some(all[start..end].to_owned())
+                })
+                .unwrap_or_else(|| "unknown".into()),
         }
     }
 }
@@ -97,6 +108,18 @@ impl Run {
     fn f(&self, pointer: &str) -> Option<f64> {
         self.perf.pointer(pointer).and_then(Value::as_f64)
     }
+}
+
+/// A run's mean publish rate over its 1 s samples up to `until_s` (at least the first sample),
+/// in MB/s; `None` without samples.
+fn publish_until(r: &Run, until_s: f64) -> Option<f64> {
+    let points = r.perf["series"].as_array()?;
+    let rates: Vec<f64> = points
+        .iter()
+        .filter(|p| p["t_s"].as_f64().is_some_and(|t| t <= until_s.ceil().max(1.0)))
+        .filter_map(|p| p["publish_mb_per_s"].as_f64())
+        .collect();
+    (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 /// Everything one `bench-harness run` measured.
@@ -213,8 +236,9 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(md, "Command: `{}`\n", set.command);
     let _ = writeln!(
         md,
-        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; data directory on {}, O_DIRECT alignment {} B ({}).\n",
-        m.cores, m.cpu, m.memory_gib, m.kernel, m.filesystem, l.alignment_bytes, l.alignment_source
+        "Machine: {} cores ({}), {:.1} GiB memory, Linux {}; data directory on {}, I/O scheduler {}, O_DIRECT \
+         alignment {} B ({}).\n",
+        m.cores, m.cpu, m.memory_gib, m.kernel, m.filesystem, m.io_scheduler, l.alignment_bytes, l.alignment_source
     );
     let _ = writeln!(
         md,
@@ -240,6 +264,11 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         l.disk_read_bytes / 1024,
         l.disk_read_depth,
         l.disk_read_mb_per_s
+    );
+    let _ = writeln!(
+        md,
+        "| both at once: append / read | {:.0} / {:.0} MB/s |",
+        l.disk_mixed_append_mb_per_s, l.disk_mixed_read_mb_per_s
     );
     let _ = writeln!(
         md,
@@ -323,30 +352,45 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             md,
             "The consumers wait until the backlog is acknowledged, then read it from where producing began while the \
              producers go on at their rate. Read rate: the backlog's megabytes over the time the consumers took to read \
-             as many messages as it held; the disk serves those reads beside the producers' writes.\n"
+             as many messages as it held; the disk serves those reads beside the producers' writes, so both stand beside \
+             the raw append and read run at once ({:.0} and {:.0} MB/s), as well as the raw read alone. Publish while \
+             reading: the mean of the 1 s samples up to the end of the read.\n",
+            l.disk_mixed_append_mb_per_s, l.disk_mixed_read_mb_per_s
         );
         let _ = writeln!(
             md,
-            "| workload | backlog MB | built in s | read in s | read MB/s | read / raw O_DIRECT read | consume MB/s over the run | publish MB/s over the run |"
+            "| workload | backlog MB | built in s | read in s | read MB/s | read / raw read | read / raw read beside an append \
+             | publish MB/s while reading | publish / raw append beside a read | consume MB/s over the run | publish MB/s \
+             over the run |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for n in backlogs {
             // Per run, then the median: a run whose consumers never finished the backlog has none.
-            let drain_mb = median(
+            let drained: Vec<(f64, f64)> = set
+                .runs
+                .iter()
+                .filter(|r| !r.soak && &r.workload == n)
+                .filter_map(|r| Some((r.f("/backlog/mb")?, r.f("/backlog/drain_s")?.max(1e-9))))
+                .collect();
+            let drain_mb = median(drained.iter().map(|(mb, s)| mb / s).collect());
+            let publish_reading = median(
                 set.runs
                     .iter()
                     .filter(|r| !r.soak && &r.workload == n)
-                    .filter_map(|r| Some(r.f("/backlog/mb")? / r.f("/backlog/drain_s")?.max(1e-9)))
+                    .filter_map(|r| publish_until(r, r.f("/backlog/drain_s")?))
                     .collect(),
             );
             let _ = writeln!(
                 md,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 num(med(set, n, "/backlog/mb"), 0),
                 num(med(set, n, "/backlog/build_s"), 1),
                 num(med(set, n, "/backlog/drain_s"), 1),
                 num(drain_mb, 0),
                 num(drain_mb.map(|v| v / l.disk_read_mb_per_s), 2),
+                num(drain_mb.map(|v| v / l.disk_mixed_read_mb_per_s), 2),
+                num(publish_reading, 0),
+                num(publish_reading.map(|v| v / l.disk_mixed_append_mb_per_s), 2),
                 num(med(set, n, "/consume/mb_per_s"), 1),
                 num(med(set, n, "/publish/mb_per_s"), 1),
             );
@@ -588,6 +632,8 @@ mod tests {
             disk_read_mb_per_s: 2000.0,
             disk_read_bytes: 512 * 1024,
             disk_read_depth: 16,
+            disk_mixed_append_mb_per_s: 1200.0,
+            disk_mixed_read_mb_per_s: 1600.0,
             fdatasync_write_bytes: 4096,
             fdatasync_us_p50: 400,
             fdatasync_us_p99: 2000,
@@ -625,6 +671,11 @@ mod tests {
         let with_backlog = |rep, drain_s: Option<f64>| {
             let mut r = run("backlog-drain", rep, 600.0, 1000, 0);
             r.perf["backlog"] = json!({"mb": 4000.0, "messages": 3_906_250, "build_s": 6.0, "drain_s": drain_s});
+            // Publishing slows while the backlog is read: 300 MB/s until then, 900 after.
+            let read_until = drain_s.unwrap_or(0.0).ceil();
+            r.perf["series"] = (1..=10)
+                .map(|t| json!({"t_s": t as f64, "publish_mb_per_s": if t as f64 <= read_until { 300.0 } else { 900.0 }}))
+                .collect();
             r
         };
         // Read rates 1000, 500 and 800 MB/s; the fourth run never finished its backlog.
@@ -648,8 +699,11 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("| backlog-drain | 4000 |"))
             .unwrap_or_else(|| panic!("{md}"));
-        // Median read rate 800 MB/s, 0.40 of the 2000 MB/s raw read; median drain 5.0 s.
-        assert!(row.contains("| 5.0 | 800 | 0.40 |"), "{row}");
+        // Median read rate 800 MB/s: 0.40 of the 2000 MB/s raw read, 0.50 of the 1600 MB/s it
+        // reads beside an append; median drain 5.0 s. Publish while reading 300 MB/s: 0.25 of the
+        // 1200 MB/s raw append beside a read.
+        assert!(row.contains("| 5.0 | 800 | 0.40 | 0.50 | 300 | 0.25 |"), "{row}");
+        assert!(md.contains("| both at once: append / read | 1200 / 1600 MB/s |"), "{md}");
         assert!(
             md.contains("| O_DIRECT sequential read of that file, 512 KiB reads, 16 in flight | 2000 MB/s |"),
             "{md}"
