@@ -96,7 +96,9 @@ pub async fn run_shard(
     let listener = match glommio::net::TcpListener::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
-            let _ = started.send(Err(format!("shard {}: binding {}: {e}", me.0, config.listen)));
+            // The same words as the start-up check in main.rs: the port can be taken between
+            // that check and this bind, and whoever started us retries on "cannot listen".
+            let _ = started.send(Err(format!("shard {}: cannot listen on {}: {e}", me.0, config.listen)));
             return;
         }
     };
