@@ -1048,8 +1048,14 @@ impl PartitionLog {
                     return Ok(None);
                 }
                 read_ahead::Served::Miss => {
-                    let from = if stream.base == base { stream.next_pos } else { start_pos };
-                    self.read_from(&file, &path, offset, from, end_pos, max_bytes, limit).await?
+                    // A stream that continues in its segment knows the batch's own position;
+                    // a new one starts at the index entry, up to an index interval before it.
+                    let at = if stream.base == base && stream.sequential {
+                        ReadAt::Batch(stream.next_pos)
+                    } else {
+                        ReadAt::IndexEntry(start_pos)
+                    };
+                    self.read_from(&file, &path, offset, at, end_pos, max_bytes, limit).await?
                 }
             };
             if let Some((found, end_pos)) = found {
@@ -1102,17 +1108,19 @@ impl PartitionLog {
     /// offset `limit` (batches never straddle it: it is a batch's base or the durable end),
     /// with the file position after the last one returned.
     ///
-    /// `pos` is the index entry at or below `offset`, at most about one index interval before
-    /// the batch holding it, so one read of that slack plus `max_bytes` usually serves: the
-    /// batches before `offset` are skipped in memory. A second read is needed only when the
-    /// skipped batches fill the whole buffer, or the first batch wanted does not end inside it.
+    /// From an index entry at or below `offset` (at most about one index interval before the
+    /// batch holding it), one read of that slack plus `max_bytes` usually serves: the batches
+    /// before `offset` are skipped in memory. From the batch's own position (a reader that
+    /// continues where it stopped) the slack is one batch header. A second read is needed only
+    /// when the skipped batches fill the whole buffer, or the first batch wanted does not end
+    /// inside it.
     #[allow(clippy::too_many_arguments)]
     async fn read_from(
         &self,
         file: &DmaFile,
         path: &Path,
         offset: u64,
-        mut pos: u64,
+        at: ReadAt,
         end: u64,
         max_bytes: usize,
         limit: u64,
@@ -1122,7 +1130,11 @@ impl PartitionLog {
             path: path.to_owned(),
             detail,
         };
-        let slack = self.cfg().index_interval_bytes as usize + BATCH_HEADER_BYTES;
+        let (mut pos, slack) = match at {
+            // At least the first batch's header, to learn its size if `max_bytes` is smaller.
+            ReadAt::Batch(pos) => (pos, BATCH_HEADER_BYTES),
+            ReadAt::IndexEntry(pos) => (pos, self.cfg().index_interval_bytes as usize + BATCH_HEADER_BYTES),
+        };
         let mut want = max_bytes.saturating_add(slack).min(READ_BYTES_MAX);
         loop {
             if pos >= end {
@@ -1694,6 +1706,15 @@ async fn release_thread_spares() -> bool {
         released |= log.release_spare().await;
     }
     released
+}
+
+/// Where `read_from` starts reading a segment.
+#[derive(Debug, Clone, Copy)]
+enum ReadAt {
+    /// The position of the batch holding the offset.
+    Batch(u64),
+    /// An index entry at or below the offset: the batch may start up to an index interval on.
+    IndexEntry(u64),
 }
 
 /// One running group commit, counted in its log and on its thread until dropped (also when the

@@ -414,6 +414,22 @@ mod tests {
     }
 
     #[test]
+    fn a_window_is_eight_reads_long_within_its_bounds() {
+        let mut s = Stream::new(1, 0, 0, 0);
+        s.sequential = true;
+        let sealed = |max_bytes| s.next_window(1 << 30, false, max_bytes).map(|(_, len)| len);
+        // A reader of 8 KiB from each of 1,000 partitions: 64 KiB windows, not 1 MiB ones.
+        assert_eq!(sealed(8 * 1024), Some(64 * 1024));
+        assert_eq!(sealed(100), Some(READ_AHEAD_WINDOW_BYTES_MIN));
+        assert_eq!(sealed(128 * 1024), Some(1024 * 1024));
+        assert_eq!(sealed(1024 * 1024), Some(READ_AHEAD_WINDOW_BYTES_MAX));
+        // Cut at a sealed segment's end; in the active segment, only a whole window.
+        assert_eq!(s.next_window(10_000, false, 8 * 1024), Some((0, 10_000)));
+        assert_eq!(s.next_window(10_000, true, 8 * 1024), None);
+        assert_eq!(s.next_window(64 * 1024, true, 8 * 1024), Some((0, 64 * 1024)));
+    }
+
+    #[test]
     fn select_takes_whole_batches_within_max_bytes_from_the_one_holding_the_offset() {
         let (bytes, each) = three(500);
         let got = select(&bytes, 0, 15, 2 * each, u64::MAX).unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 use iouring_storage::testing::build_batch;
 use iouring_storage::{read_ahead_stats, stamp, BatchHeader, LogConfig, PartitionLog};
 
-/// Segments of 4 MiB, so a reader of 64 KiB reads goes through several windows of 1 MiB in
+/// Segments of 4 MiB, so a reader of 64 KiB reads goes through several windows of 512 KiB in
 /// each, and the active segment holds more than one window behind its end.
 fn config(dir: &Path) -> LogConfig {
     let mut c = LogConfig::new(dir);
@@ -149,6 +149,19 @@ fn a_reader_continuing_after_a_compaction_rewrite_sees_the_rewritten_segment() {
             rest == expected,
             "the rewritten segment, not what was read ahead before the rewrite"
         );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_reader_of_one_byte_at_a_time_gets_every_batch_whole_in_order() {
+    run_in_dir(|dir| async move {
+        let log = PartitionLog::open(config(&dir)).await.unwrap();
+        let all = append(&log, 0, 200, 0).await;
+        // Each read continues where the last stopped, from the batch's own position: the first
+        // without a window of its own asks for less than a batch header.
+        let (got, _) = read_batches(&log, 0, 1, all.len() + 1).await;
+        assert_eq!(got, all, "every batch once, whole and in order, then the end of the log");
         log.close().await.unwrap();
     });
 }
