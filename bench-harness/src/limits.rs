@@ -72,21 +72,14 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
     let (disk, appended) = disk_append(dir, "raw-append.tmp", write_bytes, depth, preallocate_step_bytes, alignment)?;
     eprintln!("limits: O_DIRECT read of what the append wrote");
     let read_bytes = DISK_READ_BYTES.div_ceil(alignment) * alignment;
-    let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment).and_then(|read| {
+    let measured = (|| -> Result<(f64, (f64, f64))> {
+        let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment)?;
         eprintln!("limits: the same append and read at once");
-        let mixed = std::thread::scope(|scope| {
-            let append = scope.spawn(|| disk_append(dir, "raw-mixed-append.tmp", write_bytes, depth, preallocate_step_bytes, alignment));
-            let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment);
-            let append = append.join().expect("mixed append thread");
-            if let Ok((_, path)) = &append {
-                std::fs::remove_file(path)?;
-            }
-            Ok::<_, anyhow::Error>((append?.0, read?))
-        })?;
+        let mixed = disk_mixed(dir, &appended, write_bytes, depth, preallocate_step_bytes, read_bytes, alignment)?;
         Ok((read, mixed))
-    });
+    })();
     std::fs::remove_file(&appended)?;
-    let (read, (mixed_append, mixed_read)) = read?;
+    let (read, (mixed_append, mixed_read)) = measured?;
     eprintln!("limits: fdatasync latency");
     let fsync_bytes = FSYNC_WRITE_BYTES.div_ceil(alignment) * alignment;
     let fsync = fdatasync_latency(dir, fsync_bytes, alignment, preallocate_step_bytes)?;
@@ -228,6 +221,26 @@ fn disk_read(path: &Path, read_bytes: usize, depth: usize, alignment: usize) -> 
     let secs = start.elapsed().as_secs_f64();
     anyhow::ensure!(read > 0, "the append wrote less than one read ({read_bytes} B) to read back");
     Ok(read as f64 / secs / 1e6)
+}
+
+/// The append and the read at once, each as alone (the read over `appended`): (append MB/s,
+/// read MB/s).
+fn disk_mixed(
+    dir: &Path,
+    appended: &Path,
+    write_bytes: usize,
+    depth: usize,
+    step_max: u64,
+    read_bytes: usize,
+    alignment: usize,
+) -> Result<(f64, f64)> {
+    std::thread::scope(|scope| {
+        let append = scope.spawn(|| disk_append(dir, "raw-mixed-append.tmp", write_bytes, depth, step_max, alignment));
+        let read = disk_read(appended, read_bytes, DISK_READ_DEPTH, alignment);
+        let (append, path) = append.join().expect("mixed append thread")?;
+        std::fs::remove_file(path)?;
+        Ok((append, read?))
+    })
 }
 
 /// Runs `op` on pieces of `unit` bytes at increasing offsets from `depth` threads at once, each

@@ -366,13 +366,13 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for n in backlogs {
             // Per run, then the median: a run whose consumers never finished the backlog has none.
-            let drained: Vec<(f64, f64)> = set
-                .runs
-                .iter()
-                .filter(|r| !r.soak && &r.workload == n)
-                .filter_map(|r| Some((r.f("/backlog/mb")?, r.f("/backlog/drain_s")?.max(1e-9))))
-                .collect();
-            let drain_mb = median(drained.iter().map(|(mb, s)| mb / s).collect());
+            let drain_mb = median(
+                set.runs
+                    .iter()
+                    .filter(|r| !r.soak && &r.workload == n)
+                    .filter_map(|r| Some(r.f("/backlog/mb")? / r.f("/backlog/drain_s")?.max(1e-9)))
+                    .collect(),
+            );
             let publish_reading = median(
                 set.runs
                     .iter()
