@@ -1,5 +1,9 @@
-//! The release broker as a child process: a free port, a fresh data directory, readiness from
-//! its log, a sampler of its resident memory and disk reads, and a clean stop (SIGTERM).
+//! A broker as a child process: a free port, a fresh data directory, readiness, a sampler of
+//! its resident memory, disk reads and CPU time, and a clean stop (SIGTERM).
+//!
+//! Ours is started with its own flags and is ready when its log says so. A peer (another
+//! Kafka-compatible broker, or another build of ours) is started from a command line with
+//! placeholders (`Broker::start_peer`) and is ready when it answers a Kafka request.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,8 +32,11 @@ pub struct ProcSample {
 pub struct Broker {
     child: Child,
     pub addr: String,
-    /// The admin listener, serving `/metrics`.
-    admin: String,
+    /// Our admin listener, serving `/metrics`; a peer has none the harness knows of.
+    admin: Option<String>,
+    /// Whether an exit status other than success after SIGTERM is an error: it is for ours,
+    /// which makes everything durable and exits 0; a peer's shutdown is its own business.
+    strict_exit: bool,
     pub log: PathBuf,
     started: Instant,
     samples: Arc<Mutex<Vec<ProcSample>>>,
@@ -125,7 +132,8 @@ impl Broker {
             let mut b = Broker {
                 child,
                 addr,
-                admin,
+                admin: Some(admin),
+                strict_exit: true,
                 log: log.to_owned(),
                 started: Instant::now(),
                 samples: Arc::default(),
@@ -151,6 +159,51 @@ impl Broker {
             }
         }
         bail!("no free port for the broker after 5 attempts")
+    }
+
+    /// Starts a peer from `command`, run by `sh -c 'exec …'` so that the process the harness
+    /// samples and stops is the broker itself. `{addr}` (127.0.0.1:port), `{host}`, `{port}`
+    /// and `{data_dir}` (created fresh) are replaced first. Ready when it answers an
+    /// ApiVersions request on the port.
+    pub fn start_peer(command: &str, data_dir: &Path, log: &Path) -> Result<Broker> {
+        std::fs::create_dir_all(data_dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let line = expand_peer_command(command, port, data_dir);
+        let out = std::fs::File::create(log)?;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec {line}"))
+            .current_dir(data_dir)
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("starting the peer: {line}"))?;
+        let mut b = Broker {
+            child,
+            addr,
+            admin: None,
+            strict_exit: false,
+            log: log.to_owned(),
+            started: Instant::now(),
+            samples: Arc::default(),
+            stop_sampler: Arc::default(),
+            sampler: None,
+        };
+        loop {
+            if let Some(status) = b.child.try_wait()? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("the peer exited during start-up ({status}): {line}\nits output:\n{text}");
+            }
+            if answers_api_versions(&b.addr) {
+                b.start_sampler();
+                return Ok(b);
+            }
+            if b.started.elapsed() > BROKER_READY_TIMEOUT {
+                bail!("the peer did not answer on {} within {BROKER_READY_TIMEOUT:?}: {line}", b.addr);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,7 +236,7 @@ impl Broker {
     /// of `broker_batch_cache_misses_total` over the shards, from `/metrics`. None if the
     /// admin listener does not answer or the counter is missing.
     pub fn batch_cache_misses(&self) -> Option<u64> {
-        let text = http_get(&self.admin, "/metrics").ok()?;
+        let text = http_get(self.admin.as_deref()?, "/metrics").ok()?;
         sum_counter(&text, "broker_batch_cache_misses_total")
     }
 
@@ -210,14 +263,18 @@ impl Broker {
         let deadline = Instant::now() + BROKER_STOP_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
+                if self.strict_exit && !status.success() {
                     bail!("the broker exited with {status} after SIGTERM; see {}", self.log.display());
                 }
                 break;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("the broker did not stop within {BROKER_STOP_TIMEOUT:?} of SIGTERM");
+                if self.strict_exit {
+                    bail!("the broker did not stop within {BROKER_STOP_TIMEOUT:?} of SIGTERM");
+                }
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -235,9 +292,96 @@ impl Drop for Broker {
     }
 }
 
+/// `command` with its placeholders replaced.
+fn expand_peer_command(command: &str, port: u16, data_dir: &Path) -> String {
+    command
+        .replace("{addr}", &format!("127.0.0.1:{port}"))
+        .replace("{host}", "127.0.0.1")
+        .replace("{port}", &port.to_string())
+        .replace("{data_dir}", &data_dir.display().to_string())
+}
+
+/// Whether a Kafka broker on `addr` answers an ApiVersions v0 request with a frame carrying
+/// its correlation id. A listening port alone is not enough: a broker may accept connections
+/// before it can serve them.
+fn answers_api_versions(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    const CORRELATION_ID: i32 = 0x6861_726e;
+    let probe = || -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let client_id = b"bench-harness";
+        // Header v1: api_key 18 (ApiVersions), api_version 0, correlation id, client id; no body.
+        let mut request = Vec::new();
+        request.extend_from_slice(&18i16.to_be_bytes());
+        request.extend_from_slice(&0i16.to_be_bytes());
+        request.extend_from_slice(&CORRELATION_ID.to_be_bytes());
+        request.extend_from_slice(&(client_id.len() as i16).to_be_bytes());
+        request.extend_from_slice(client_id);
+        stream.write_all(&(request.len() as i32).to_be_bytes())?;
+        stream.write_all(&request)?;
+        let mut head = [0u8; 8];
+        stream.read_exact(&mut head)?;
+        let size = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        Ok(size >= 4 && correlation == CORRELATION_ID)
+    };
+    probe().unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sum_counter;
+    use super::{answers_api_versions, expand_peer_command, sum_counter};
+    use std::io::{Read, Write};
+    use std::path::Path;
+
+    #[test]
+    fn a_peer_command_gets_its_address_port_and_directory() {
+        let line = expand_peer_command(
+            "tansu broker --kafka-listener-url tcp://{addr} --storage-engine sqlite://{data_dir}/t.db --port {port} --host {host}",
+            19092,
+            Path::new("/data/run-1"),
+        );
+        assert_eq!(
+            line,
+            "tansu broker --kafka-listener-url tcp://127.0.0.1:19092 --storage-engine sqlite:///data/run-1/t.db --port 19092 --host 127.0.0.1"
+        );
+    }
+
+    /// A one-connection server that reads one request frame and answers with `answer(request)`.
+    fn serve_once(answer: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut size = [0u8; 4];
+            s.read_exact(&mut size).unwrap();
+            let mut request = vec![0u8; i32::from_be_bytes(size) as usize];
+            s.read_exact(&mut request).unwrap();
+            let _ = s.write_all(&answer(&request));
+        });
+        addr
+    }
+
+    #[test]
+    fn a_peer_is_ready_only_when_it_answers_its_request() {
+        // An answer with the request's correlation id (bytes 4..8 of the request header).
+        let addr = serve_once(|req| {
+            let mut frame = 6i32.to_be_bytes().to_vec();
+            frame.extend_from_slice(&req[4..8]);
+            frame.extend_from_slice(&0i16.to_be_bytes());
+            frame
+        });
+        assert!(answers_api_versions(&addr));
+        // Another correlation id, or a connection closed without an answer, is not ready.
+        let addr = serve_once(|_| [4i32.to_be_bytes(), 7i32.to_be_bytes()].concat());
+        assert!(!answers_api_versions(&addr));
+        let addr = serve_once(|_| Vec::new());
+        assert!(!answers_api_versions(&addr));
+        // Nobody listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(!answers_api_versions(&format!("127.0.0.1:{port}")));
+    }
 
     #[test]
     fn counters_sum_over_their_label_sets_and_only_their_own_name() {

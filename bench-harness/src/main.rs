@@ -11,6 +11,10 @@
 //! max-rate workloads with the same message size and partition count. `--soak-minutes` adds a long fixed-rate run to show
 //! whether the broker's resident memory stays flat.
 //!
+//! `--peer '<command>'` runs every workload again against another Kafka-compatible broker
+//! started from that command line (see `Broker::start_peer`), at the same rates, one fresh
+//! peer per run, so the report can set ours beside it on the same machine.
+//!
 //! `bench-harness limits` measures only the machine.
 
 mod broker;
@@ -81,6 +85,15 @@ struct RunArgs {
     /// Use target/release/{broker,perf} as they are, without building.
     #[arg(long)]
     no_build: bool,
+    /// Also run every workload against a peer broker started by this command line, one fresh
+    /// peer per run. `{addr}` (127.0.0.1:port), `{host}`, `{port}` and `{data_dir}` (a fresh
+    /// directory, also the working directory) are replaced; it must listen for Kafka clients
+    /// on `{addr}` and advertise that address.
+    #[arg(long)]
+    peer: Option<String>,
+    /// The peer's name in the report (default: the command's first word).
+    #[arg(long)]
+    peer_name: Option<String>,
 }
 
 fn workspace_root() -> PathBuf {
@@ -197,13 +210,17 @@ fn run(a: RunArgs) -> Result<()> {
     std::fs::create_dir_all(out.join("logs"))?;
     // Every run gets a broker of its own on a fresh data directory: no run inherits another's
     // segments, cache or memory, and no run depends on topic deletion working under load.
-    let with_broker = |label: &str, f: &mut dyn FnMut(&Broker) -> Result<Run>| -> Result<Run> {
+    // With `peer`, the peer's command line instead of our broker.
+    let with_broker = |label: &str, peer: Option<&str>, f: &mut dyn FnMut(&Broker) -> Result<Run>| -> Result<Run> {
         let dir = data.path().join(label);
         let log = out.join("logs").join(format!("{label}.log"));
-        let broker = Broker::start(&broker_bin, &dir, &log)?;
+        let broker = match peer {
+            Some(command) => Broker::start_peer(command, &dir, &log)?,
+            None => Broker::start(&broker_bin, &dir, &log)?,
+        };
         eprintln!(
             "broker {} (pid {}) on {}, log {}",
-            broker_bin.display(),
+            peer.map_or_else(|| broker_bin.display().to_string(), str::to_owned),
             broker.pid(),
             broker.addr,
             log.display()
@@ -223,7 +240,9 @@ fn run(a: RunArgs) -> Result<()> {
             (Ok(_), Err(stop)) => Err(stop.context(format!("{label}; broker log {}", log.display()))),
         }
     };
+    let peer_name = a.peer.as_deref().map(|c| peer_name(a.peer_name.as_deref(), c));
     let mut runs: Vec<Run> = Vec::new();
+    let mut peer_runs: Vec<Run> = Vec::new();
     let mut rdkafka_runs = Vec::new();
     // A run that fails (a broker crash above all) is a finding: it goes into the report, and
     // the other runs go on.
@@ -232,8 +251,8 @@ fn run(a: RunArgs) -> Result<()> {
         for (path, info) in workloads.iter().zip(&infos) {
             let rate = resolve_rate(info, &runs, &infos)?;
             let label = format!("{}-rep{}", info.name, rep + 1);
-            let run = with_broker(&label, &mut |broker| {
-                let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out)?;
+            let run = with_broker(&label, None, &mut |broker| {
+                let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out, None)?;
                 if a.rdkafka {
                     let mut w = info.clone();
                     if let Some(d) = a.duration_s {
@@ -260,6 +279,19 @@ fn run(a: RunArgs) -> Result<()> {
                     failures.push(format!("{label}: {e:#}"));
                 }
             }
+            // The peer at the same rate as ours, right after it, so both see the machine alike.
+            if let (Some(command), Some(name)) = (a.peer.as_deref(), peer_name.as_deref()) {
+                let label = format!("{name}-{label}");
+                match with_broker(&label, Some(command), &mut |peer| {
+                    run_perf(&perf_bin, peer, path, info, rep, rate, &a, &out, Some(name))
+                }) {
+                    Ok(run) => peer_runs.push(run),
+                    Err(e) => {
+                        eprintln!("FAILED {label}: {e:#}");
+                        failures.push(format!("{label}: {e:#}"));
+                    }
+                }
+            }
         }
     }
     if a.soak_minutes > 0 {
@@ -284,8 +316,8 @@ fn run(a: RunArgs) -> Result<()> {
         table.insert("topic_config".into(), configs.into());
         let soak_path = out.join("soak.toml");
         std::fs::write(&soak_path, toml::to_string(&table)?)?;
-        match with_broker("soak", &mut |broker| {
-            run_perf(&perf_bin, broker, &soak_path, info, usize::MAX, rate, &soak, &out)
+        match with_broker("soak", None, &mut |broker| {
+            run_perf(&perf_bin, broker, &soak_path, info, usize::MAX, rate, &soak, &out, None)
         }) {
             Ok(mut run) => {
                 run.soak = true;
@@ -304,6 +336,11 @@ fn run(a: RunArgs) -> Result<()> {
         limits,
         runs,
         rdkafka: rdkafka_runs,
+        peer: peer_name.map(|name| report::Peer {
+            name,
+            command: a.peer.clone().unwrap_or_default(),
+            runs: peer_runs,
+        }),
         failures,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         reps: a.reps,
@@ -326,8 +363,20 @@ impl RunArgs {
             rdkafka: self.rdkafka,
             soak_minutes: self.soak_minutes,
             no_build: self.no_build,
+            peer: self.peer.clone(),
+            peer_name: self.peer_name.clone(),
         }
     }
+}
+
+/// The peer's name: the one given, or the file name of the command's first word.
+fn peer_name(given: Option<&str>, command: &str) -> String {
+    given.map(str::to_owned).unwrap_or_else(|| {
+        let first = command.split_whitespace().next().unwrap_or("peer");
+        Path::new(first)
+            .file_name()
+            .map_or_else(|| first.to_owned(), |f| f.to_string_lossy().into_owned())
+    })
 }
 
 /// The rate of a `rate_of_max` workload: its fraction of the median publish rate of the
@@ -360,13 +409,18 @@ fn run_perf(
     rate: Option<u64>,
     a: &RunArgs,
     out: &Path,
+    peer: Option<&str>,
 ) -> Result<Run> {
     let label = if rep == usize::MAX {
         "soak".to_owned()
     } else {
         format!("rep{}", rep + 1)
     };
-    let json = out.join("runs").join(format!("{}-{label}.json", info.name));
+    let stem = match peer {
+        Some(name) => format!("{name}-{}-{label}", info.name),
+        None => format!("{}-{label}", info.name),
+    };
+    let json = out.join("runs").join(format!("{stem}.json"));
     let mut cmd = Command::new(perf);
     // --delete-topics: a maximum-rate run writes tens of GB; free them before the next client.
     cmd.arg(path)
@@ -382,7 +436,8 @@ fn run_perf(
         cmd.args(["--warmup-s", &d.to_string()]);
     }
     eprintln!(
-        "== {} ({label}{})",
+        "== {}{} ({label}{})",
+        peer.map(|p| format!("{p}: ")).unwrap_or_default(),
         info.name,
         rate.map(|r| format!(", {r} msg/s")).unwrap_or_default()
     );
@@ -426,4 +481,19 @@ fn run_perf(
         broker_samples: Vec::new(),
         perf: perf_report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_name;
+
+    #[test]
+    fn a_peer_is_named_by_its_command_unless_named() {
+        assert_eq!(peer_name(None, "/work/peer/bin/tansu broker --x {addr}"), "tansu");
+        assert_eq!(peer_name(None, "redpanda start"), "redpanda");
+        assert_eq!(
+            peer_name(Some("broker at b78aa18"), "/tmp/broker --listen {addr}"),
+            "broker at b78aa18"
+        );
+    }
 }

@@ -122,6 +122,15 @@ fn publish_until(r: &Run, until_s: f64) -> Option<f64> {
     (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
+/// Another Kafka-compatible broker, run through the same workloads at the same rates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peer {
+    pub name: String,
+    /// The command line that started it, placeholders unexpanded.
+    pub command: String,
+    pub runs: Vec<Run>,
+}
+
 /// Everything one `bench-harness run` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSet {
@@ -129,6 +138,8 @@ pub struct RunSet {
     pub limits: Limits,
     pub runs: Vec<Run>,
     pub rdkafka: Vec<RdkafkaRun>,
+    /// The same workloads against a peer broker, if one was given.
+    pub peer: Option<Peer>,
     /// Runs that failed, with the error (a broker crash, a client error).
     pub failures: Vec<String>,
     pub command: String,
@@ -171,25 +182,23 @@ fn names(runs: &[Run]) -> Vec<String> {
 }
 
 /// The median over the non-soak reps of `name` of the value at `pointer`.
-fn med(set: &RunSet, name: &str, pointer: &str) -> Option<f64> {
+fn med(runs: &[Run], name: &str, pointer: &str) -> Option<f64> {
     median(
-        set.runs
-            .iter()
+        runs.iter()
             .filter(|r| !r.soak && r.workload == name)
             .filter_map(|r| r.f(pointer))
             .collect(),
     )
 }
 
-fn med_of(set: &RunSet, name: &str, f: impl Fn(&Run) -> f64) -> Option<f64> {
-    median(set.runs.iter().filter(|r| !r.soak && r.workload == name).map(f).collect())
+fn med_of(runs: &[Run], name: &str, f: impl Fn(&Run) -> f64) -> Option<f64> {
+    median(runs.iter().filter(|r| !r.soak && r.workload == name).map(f).collect())
 }
 
 /// The median of the batch-cache misses of a workload's runs that have the figure.
-fn med_misses(set: &RunSet, name: &str) -> Option<f64> {
+fn med_misses(runs: &[Run], name: &str) -> Option<f64> {
     median(
-        set.runs
-            .iter()
+        runs.iter()
             .filter(|r| !r.soak && r.workload == name)
             .filter_map(|r| r.broker_batch_cache_misses.map(|m| m as f64))
             .collect(),
@@ -224,6 +233,73 @@ fn memory_trend(rss: &[(f64, f64)], t0: f64, t1: f64) -> Option<MemoryTrend> {
         late_mib,
         max_mib,
     })
+}
+
+/// A run's latency by percentile from perf's report, as (nines, ms) points; empty if perf
+/// measured none of that kind.
+fn spectrum(r: &Run, key: &str) -> Vec<(f64, f64)> {
+    r.perf[key]["spectrum"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    let q = p[0].as_f64()?;
+                    let us = p[1].as_f64()?;
+                    Some((if q >= 1.0 { 6.0 } else { nines(q) }, us / 1000.0))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ours beside the peer, workload by workload (medians of each side's reps).
+fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
+    let p = &peer.name;
+    let _ = writeln!(md, "\n## Beside {p} on the same machine (perf, medians)\n");
+    let _ = writeln!(
+        md,
+        "Each workload ran against a fresh {p} right after ours, through the same perf at the same target rate, \
+         started by `{}` on a free port and a fresh directory. Throughput ratio: ours over {p}; latency ratio: {p} \
+         over ours (above 1, ours is faster). Broker CPU and memory are each broker process's own. What an \
+         acknowledgement promises is each broker's own: ours answers acks=all after an fdatasync.\n",
+        peer.command
+    );
+    let _ = writeln!(
+        md,
+        "| workload | target rate msg/s | publish msg/s, ours / {p} | ours / {p} | publish p50 ms, ours / {p} | publish p99 \
+         ms, ours / {p} | {p} / ours | end-to-end p99 ms, ours / {p} | broker CPU cores, ours / {p} | resident MiB \
+         at the end, ours / {p} | {p} publish errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let pair = |a: String, b: String| format!("{a} / {b}");
+    for n in names {
+        if !peer.runs.iter().any(|r| &r.workload == n) {
+            continue;
+        }
+        let both = |pointer: &str| (med(ours, n, pointer), med(&peer.runs, n, pointer));
+        let (rate, _) = both("/target_rate_msg_per_s");
+        let (msg, peer_msg) = both("/publish/msg_per_s");
+        let (p50, peer_p50) = both("/publish_latency/p50_us");
+        let (p99, peer_p99) = both("/publish_latency/p99_us");
+        let (e2e, peer_e2e) = both("/end_to_end_latency/p99_us");
+        let cpu = |runs: &[Run]| med_of(runs, n, |r| r.broker_cpu_cores);
+        let rss = |runs: &[Run]| med_of(runs, n, |r| r.broker_rss_after_bytes as f64 / 1048576.0);
+        let ratio = |a: Option<f64>, b: Option<f64>| num(a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b), 2);
+        let _ = writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            rate.filter(|r| *r > 0.0).map_or("max".into(), |r| format!("{r:.0}")),
+            pair(num(msg, 0), num(peer_msg, 0)),
+            ratio(msg, peer_msg),
+            pair(ms(p50), ms(peer_p50)),
+            pair(ms(p99), ms(peer_p99)),
+            ratio(peer_p99, p99),
+            pair(ms(e2e), ms(peer_e2e)),
+            pair(num(cpu(ours), 2), num(cpu(&peer.runs), 2)),
+            pair(num(rss(ours), 0), num(rss(&peer.runs), 0)),
+            num(med(&peer.runs, n, "/publish_errors"), 0),
+        );
+    }
 }
 
 /// Writes the folder; returns the Markdown.
@@ -300,24 +376,24 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
-        let pub_mb = med(set, n, "/publish/mb_per_s");
-        let cons_mb = med(set, n, "/consume/mb_per_s");
-        let rate = med(set, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
+        let pub_mb = med(&set.runs, n, "/publish/mb_per_s");
+        let cons_mb = med(&set.runs, n, "/consume/mb_per_s");
+        let rate = med(&set.runs, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
         let _ = writeln!(
             md,
             "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rate.map_or("max".into(), |r| format!("{r:.0}")),
-            num(med(set, n, "/publish/msg_per_s"), 0),
+            num(med(&set.runs, n, "/publish/msg_per_s"), 0),
             num(pub_mb, 1),
             num(pub_mb.map(|v| v / l.disk_append_mb_per_s), 2),
             num(cons_mb, 1),
             num(cons_mb.map(|v| v / l.tcp_loopback_mb_per_s), 3),
-            num(med(set, n, "/publish_errors"), 0),
-            num(med_of(set, n, |r| r.broker_read_bytes as f64 / 1e6), 1),
-            num(med_misses(set, n), 0),
-            num(med_of(set, n, |r| r.broker_cpu_cores), 2),
-            num(med(set, n, "/perf_cpu_cores"), 2),
-            num(med(set, n, "/producer_wait_fraction").map(|f| f * 100.0), 0) + "%",
+            num(med(&set.runs, n, "/publish_errors"), 0),
+            num(med_of(&set.runs, n, |r| r.broker_read_bytes as f64 / 1e6), 1),
+            num(med_misses(&set.runs, n), 0),
+            num(med_of(&set.runs, n, |r| r.broker_cpu_cores), 2),
+            num(med(&set.runs, n, "/perf_cpu_cores"), 2),
+            num(med(&set.runs, n, "/producer_wait_fraction").map(|f| f * 100.0), 0) + "%",
         );
     }
     let _ = writeln!(md, "\n## Latency (perf), ms\n");
@@ -327,8 +403,8 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
-        let p = |q: &str| med(set, n, &format!("/publish_latency/{q}"));
-        let e = |q: &str| med(set, n, &format!("/end_to_end_latency/{q}"));
+        let p = |q: &str| med(&set.runs, n, &format!("/publish_latency/{q}"));
+        let e = |q: &str| med(&set.runs, n, &format!("/end_to_end_latency/{q}"));
         let _ = writeln!(
             md,
             "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -345,7 +421,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             ms(e("max_us")),
         );
     }
-    let backlogs: Vec<&String> = names.iter().filter(|n| med(set, n, "/backlog/mb").is_some()).collect();
+    let backlogs: Vec<&String> = names.iter().filter(|n| med(&set.runs, n, "/backlog/mb").is_some()).collect();
     if !backlogs.is_empty() {
         let _ = writeln!(md, "\n## Consumers starting behind (perf), medians\n");
         let _ = writeln!(
@@ -383,16 +459,16 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             let _ = writeln!(
                 md,
                 "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                num(med(set, n, "/backlog/mb"), 0),
-                num(med(set, n, "/backlog/build_s"), 1),
-                num(med(set, n, "/backlog/drain_s"), 1),
+                num(med(&set.runs, n, "/backlog/mb"), 0),
+                num(med(&set.runs, n, "/backlog/build_s"), 1),
+                num(med(&set.runs, n, "/backlog/drain_s"), 1),
                 num(drain_mb, 0),
                 num(drain_mb.map(|v| v / l.disk_read_mb_per_s), 2),
                 num(drain_mb.map(|v| v / l.disk_mixed_read_mb_per_s), 2),
                 num(publish_reading, 0),
                 num(publish_reading.map(|v| v / l.disk_mixed_append_mb_per_s), 2),
-                num(med(set, n, "/consume/mb_per_s"), 1),
-                num(med(set, n, "/publish/mb_per_s"), 1),
+                num(med(&set.runs, n, "/consume/mb_per_s"), 1),
+                num(med(&set.runs, n, "/publish/mb_per_s"), 1),
             );
         }
     }
@@ -428,10 +504,14 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         }
     }
 
+    if let Some(peer) = &set.peer {
+        peer_section(&mut md, &set.runs, peer, &names);
+    }
+
     // Targets (issue 5), for the shipped workloads when they ran.
     let _ = writeln!(md, "\n## Targets\n");
     let _ = writeln!(md, "| target | measured (median) | result |\n|---|---:|---|");
-    if let Some(v) = med(set, "max-throughput", "/publish/mb_per_s") {
+    if let Some(v) = med(&set.runs, "max-throughput", "/publish/mb_per_s") {
         let ratio = v / l.disk_append_mb_per_s;
         let _ = writeln!(
             md,
@@ -447,7 +527,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         ("end-to-end p99", "/end_to_end_latency/p99_us", TARGET_END_TO_END_P99_US_MAX),
     ];
     for (what, pointer, max) in checks {
-        if let Some(v) = med(set, fr, pointer) {
+        if let Some(v) = med(&set.runs, fr, pointer) {
             let _ = writeln!(
                 md,
                 "| {fr}: {what} under {} ms | {:.2} ms | {} |",
@@ -460,8 +540,8 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     // Served from the batch cache: no fetch read went to the log. The process's `read_bytes`
     // is shown beside it; it also counts filesystem metadata the writes cause (a run with no
     // consumer at all reads some), so it decides only when the broker gave no miss count.
-    if let Some(reads) = med_of(set, fr, |r| r.broker_read_bytes as f64) {
-        let (measured, ok) = match med_misses(set, fr) {
+    if let Some(reads) = med_of(&set.runs, fr, |r| r.broker_read_bytes as f64) {
+        let (measured, ok) = match med_misses(&set.runs, fr) {
             Some(misses) => (
                 format!("{misses:.0} fetch reads missed the cache; {reads:.0} B `read_bytes`"),
                 misses == 0.0,
@@ -496,7 +576,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             "| broker resident memory flat over 10 minutes | not measured in this run (`--soak-minutes 10`) | – |"
         );
     }
-    if let Some(reads) = med_of(set, "max-throughput", |r| r.broker_read_bytes as f64) {
+    if let Some(reads) = med_of(&set.runs, "max-throughput", |r| r.broker_read_bytes as f64) {
         let _ = writeln!(
             md,
             "\nBroker `read_bytes` counts every storage read the process caused, filesystem metadata \
@@ -524,30 +604,31 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         let Some(r) = set.runs.iter().find(|r| !r.soak && &r.workload == n) else {
             continue;
         };
-        let spectrum = |key: &str| -> Vec<(f64, f64)> {
-            r.perf[key]["spectrum"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| {
-                            let q = p[0].as_f64()?;
-                            let us = p[1].as_f64()?;
-                            Some((if q >= 1.0 { 6.0 } else { nines(q) }, us / 1000.0))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let mut series = vec![Series {
             name: "publish".into(),
-            points: spectrum("publish_latency"),
+            points: spectrum(r, "publish_latency"),
         }];
-        let e2e = spectrum("end_to_end_latency");
+        let e2e = spectrum(r, "end_to_end_latency");
         if !e2e.is_empty() {
             series.push(Series {
                 name: "end-to-end".into(),
                 points: e2e,
             });
+        }
+        let peer_run = set
+            .peer
+            .as_ref()
+            .and_then(|p| Some((p.name.as_str(), p.runs.iter().find(|r| &r.workload == n)?)));
+        if let Some((name, pr)) = peer_run {
+            for (key, what) in [("publish_latency", "publish"), ("end_to_end_latency", "end-to-end")] {
+                let points = spectrum(pr, key);
+                if !points.is_empty() {
+                    series.push(Series {
+                        name: format!("{what} ({name})"),
+                        points,
+                    });
+                }
+            }
         }
         let mut hlines = vec![(l.fdatasync_us_p99 as f64 / 1000.0, "raw fdatasync p99".into())];
         if n == fr {
@@ -565,8 +646,26 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             &series,
         );
         std::fs::write(out.join(format!("latency-{n}.svg")), svg)?;
-        let points = r.perf["series"].as_array().cloned().unwrap_or_default();
-        let line = |key: &str| -> Vec<(f64, f64)> { points.iter().filter_map(|p| Some((p["t_s"].as_f64()?, p[key].as_f64()?))).collect() };
+        let line = |r: &Run, key: &str| -> Vec<(f64, f64)> {
+            let points = r.perf["series"].as_array().cloned().unwrap_or_default();
+            points.iter().filter_map(|p| Some((p["t_s"].as_f64()?, p[key].as_f64()?))).collect()
+        };
+        let mut lines = vec![
+            Series {
+                name: "publish".into(),
+                points: line(r, "publish_mb_per_s"),
+            },
+            Series {
+                name: "consume".into(),
+                points: line(r, "consume_mb_per_s"),
+            },
+        ];
+        if let Some((name, pr)) = peer_run {
+            lines.push(Series {
+                name: format!("publish ({name})"),
+                points: line(pr, "publish_mb_per_s"),
+            });
+        }
         let svg = render(
             &Chart {
                 title: format!("{n}: throughput over time (rep 1)"),
@@ -576,16 +675,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
                 log_y: false,
                 hlines: vec![(l.disk_append_mb_per_s, "raw O_DIRECT append".into())],
             },
-            &[
-                Series {
-                    name: "publish".into(),
-                    points: line("publish_mb_per_s"),
-                },
-                Series {
-                    name: "consume".into(),
-                    points: line("consume_mb_per_s"),
-                },
-            ],
+            &lines,
         );
         std::fs::write(out.join(format!("throughput-{n}.svg")), svg)?;
         let _ = writeln!(md, "![{n} latency](latency-{n}.svg) ![{n} throughput](throughput-{n}.svg)\n");
@@ -690,6 +780,7 @@ mod tests {
                 run("max-throughput", 0, 750.0, 1000, 0),
             ],
             rdkafka: vec![],
+            peer: None,
             failures: vec![],
             command: "bench-harness run".into(),
             reps: 3,
@@ -715,6 +806,58 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_stands_beside_ours_with_medians_and_ratios() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |mut r: Run, rate: u64, cpu: f64, rss_mib: u64| {
+            r.perf["target_rate_msg_per_s"] = json!(rate);
+            r.broker_cpu_cores = cpu;
+            r.broker_rss_after_bytes = rss_mib << 20;
+            r
+        };
+        // Ours: medians 600 MB/s (600,000 msg/s), publish p99 4 ms. The peer: 200,000 msg/s, p99
+        // 10 ms; its one fixed-rate run only, so the other workload gets no row.
+        let set = RunSet {
+            machine: Machine::describe(dir.path()),
+            limits: limits(),
+            runs: vec![
+                with(run("fixed-rate-latency", 0, 500.0, 3000, 0), 600_000, 1.0, 500),
+                with(run("fixed-rate-latency", 1, 600.0, 4000, 0), 600_000, 1.2, 600),
+                with(run("fixed-rate-latency", 2, 700.0, 5000, 0), 600_000, 1.4, 700),
+                run("max-throughput", 0, 900.0, 9000, 0),
+            ],
+            rdkafka: vec![],
+            peer: Some(Peer {
+                name: "tansu".into(),
+                command: "tansu broker --kafka-listener-url tcp://{addr}".into(),
+                runs: vec![with(run("fixed-rate-latency", 0, 200.0, 10_000, 0), 600_000, 0.5, 40)],
+            }),
+            failures: vec![],
+            command: "bench-harness run --peer ...".into(),
+            reps: 3,
+        };
+        let md = write(&set, dir.path()).unwrap();
+        assert!(md.contains("## Beside tansu on the same machine"), "{md}");
+        assert!(md.contains("`tansu broker --kafka-listener-url tcp://{addr}`"), "{md}");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| fixed-rate-latency | 600000 | 600000 / 200000 |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        // Throughput 3.00 times the peer's; the peer's p99 2.50 times ours.
+        assert_eq!(
+            row,
+            "| fixed-rate-latency | 600000 | 600000 / 200000 | 3.00 | 0.10 / 0.10 | 4.00 / 10.00 | 2.50 | 4.00 / 10.00 \
+             | 1.20 / 0.50 | 600 / 40 | 0 |"
+        );
+        assert!(
+            !md.lines().any(|l| l.starts_with("| max-throughput | max | 900000 /")),
+            "a workload the peer did not run has no row: {md}"
+        );
+        // The peer's percentiles are drawn beside ours.
+        let svg = std::fs::read_to_string(dir.path().join("latency-fixed-rate-latency.svg")).unwrap();
+        assert!(svg.contains("publish (tansu)"), "{svg}");
+    }
+
+    #[test]
     fn targets_use_medians_and_say_pass_or_miss() {
         let dir = tempfile::tempdir().unwrap();
         let set = RunSet {
@@ -728,6 +871,7 @@ mod tests {
                 run("fixed-rate-latency", 0, 300.0, 6000, 0),
             ],
             rdkafka: vec![],
+            peer: None,
             failures: vec!["keyed-rep1: broker crashed".into()],
             command: "bench-harness run".into(),
             reps: 3,
@@ -828,6 +972,7 @@ mod tests {
             limits: limits(),
             runs: vec![r],
             rdkafka: vec![],
+            peer: None,
             failures: vec![],
             command: "bench-harness run".into(),
             reps: 1,
