@@ -12,8 +12,9 @@
 //! whether the broker's resident memory stays flat.
 //!
 //! `--peer '<command>'` runs every workload again against another Kafka-compatible broker
-//! started from that command line (see `Broker::start_peer`), at the same rates, one fresh
-//! peer per run, so the report can set ours beside it on the same machine.
+//! started from that command line (see `Broker::start_peer`), one fresh peer per run, its
+//! `rate_of_max` resolved from its own maxima, so the report can set ours beside it on the
+//! same machine.
 //!
 //! `bench-harness limits` measures only the machine.
 
@@ -279,9 +280,20 @@ fn run(a: RunArgs) -> Result<()> {
                     failures.push(format!("{label}: {e:#}"));
                 }
             }
-            // The peer at the same rate as ours, right after it, so both see the machine alike.
+            // The peer right after ours, so both see the machine alike. A workload at a fraction
+            // of the maximum runs at that fraction of the peer's own maximum: latency at half of
+            // each broker's capacity, as the workload defines it (at our rate, a slower peer
+            // only queues).
             if let (Some(command), Some(name)) = (a.peer.as_deref(), peer_name.as_deref()) {
                 let label = format!("{name}-{label}");
+                let rate = match resolve_rate(info, &peer_runs, &infos) {
+                    Ok(rate) => rate,
+                    Err(e) => {
+                        eprintln!("FAILED {label}: {e:#}");
+                        failures.push(format!("{label}: {e:#}"));
+                        continue;
+                    }
+                };
                 match with_broker(&label, Some(command), &mut |peer| {
                     run_perf(&perf_bin, peer, path, info, rep, rate, &a, &out, Some(name))
                 }) {

@@ -258,9 +258,10 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
     let _ = writeln!(md, "\n## Beside {p} on the same machine (perf, medians)\n");
     let _ = writeln!(
         md,
-        "Each workload ran against a fresh {p} right after ours, through the same perf at the same target rate, \
-         started by `{}` on a free port and a fresh directory. Throughput ratio: ours over {p}; latency ratio: {p} \
-         over ours (above 1, ours is faster). Broker CPU and memory are each broker process's own. What an \
+        "Each workload ran against a fresh {p} right after ours, through the same perf, started by `{}` on a free \
+         port and a fresh directory. A fixed rate at a fraction of the maximum is that fraction of each broker's own \
+         maximum in this run (target rates ours / {p}). Throughput ratio: ours over {p}; latency ratio: {p} over \
+         ours (above 1, ours is faster). Broker CPU and memory are each broker process's own. What an \
          acknowledgement promises is each broker's own: ours answers acks=all after an fdatasync.\n",
         peer.command
     );
@@ -277,7 +278,13 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
             continue;
         }
         let both = |pointer: &str| (med(ours, n, pointer), med(&peer.runs, n, pointer));
-        let (rate, _) = both("/target_rate_msg_per_s");
+        let (rate, peer_rate) = both("/target_rate_msg_per_s");
+        let rate_of = |r: Option<f64>| r.filter(|r| *r > 0.0).map_or("max".into(), |r| format!("{r:.0}"));
+        let rates = if rate == peer_rate {
+            rate_of(rate)
+        } else {
+            pair(rate_of(rate), rate_of(peer_rate))
+        };
         let (msg, peer_msg) = both("/publish/msg_per_s");
         let (p50, peer_p50) = both("/publish_latency/p50_us");
         let (p99, peer_p99) = both("/publish_latency/p99_us");
@@ -288,7 +295,7 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
         let _ = writeln!(
             md,
             "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            rate.filter(|r| *r > 0.0).map_or("max".into(), |r| format!("{r:.0}")),
+            rates,
             pair(num(msg, 0), num(peer_msg, 0)),
             ratio(msg, peer_msg),
             pair(ms(p50), ms(peer_p50)),
@@ -814,8 +821,9 @@ mod tests {
             r.broker_rss_after_bytes = rss_mib << 20;
             r
         };
-        // Ours: medians 600 MB/s (600,000 msg/s), publish p99 4 ms. The peer: 200,000 msg/s, p99
-        // 10 ms; its one fixed-rate run only, so the other workload gets no row.
+        // Ours: medians 600 MB/s (600,000 msg/s), publish p99 4 ms. The peer, at a rate of its
+        // own: 200,000 msg/s, p99 10 ms; its one fixed-rate run only, so the other workload gets
+        // no row.
         let set = RunSet {
             machine: Machine::describe(dir.path()),
             limits: limits(),
@@ -829,7 +837,7 @@ mod tests {
             peer: Some(Peer {
                 name: "tansu".into(),
                 command: "tansu broker --kafka-listener-url tcp://{addr}".into(),
-                runs: vec![with(run("fixed-rate-latency", 0, 200.0, 10_000, 0), 600_000, 0.5, 40)],
+                runs: vec![with(run("fixed-rate-latency", 0, 200.0, 10_000, 0), 100_000, 0.5, 40)],
             }),
             failures: vec![],
             command: "bench-harness run --peer ...".into(),
@@ -840,12 +848,12 @@ mod tests {
         assert!(md.contains("`tansu broker --kafka-listener-url tcp://{addr}`"), "{md}");
         let row = md
             .lines()
-            .find(|l| l.starts_with("| fixed-rate-latency | 600000 | 600000 / 200000 |"))
+            .find(|l| l.starts_with("| fixed-rate-latency | 600000 / 100000 | 600000 / 200000 |"))
             .unwrap_or_else(|| panic!("{md}"));
         // Throughput 3.00 times the peer's; the peer's p99 2.50 times ours.
         assert_eq!(
             row,
-            "| fixed-rate-latency | 600000 | 600000 / 200000 | 3.00 | 0.10 / 0.10 | 4.00 / 10.00 | 2.50 | 4.00 / 10.00 \
+            "| fixed-rate-latency | 600000 / 100000 | 600000 / 200000 | 3.00 | 0.10 / 0.10 | 4.00 / 10.00 | 2.50 | 4.00 / 10.00 \
              | 1.20 / 0.50 | 600 / 40 | 0 |"
         );
         assert!(
