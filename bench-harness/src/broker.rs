@@ -109,6 +109,21 @@ pub fn proc_counters(pid: u32) -> Option<(u64, u64)> {
 }
 
 impl Broker {
+    /// A broker process just spawned, not yet sampled.
+    fn spawned(child: Child, addr: String, admin: Option<String>, strict_exit: bool, log: &Path) -> Broker {
+        Broker {
+            child,
+            addr,
+            admin,
+            strict_exit,
+            log: log.to_owned(),
+            started: Instant::now(),
+            samples: Arc::default(),
+            stop_sampler: Arc::default(),
+            sampler: None,
+        }
+    }
+
     /// Starts `bin` on a free port with `data_dir` (created fresh), logging to `log`.
     pub fn start(bin: &Path, data_dir: &Path, log: &Path) -> Result<Broker> {
         std::fs::create_dir_all(data_dir)?;
@@ -129,17 +144,7 @@ impl Broker {
                 .stderr(Stdio::from(out))
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;
-            let mut b = Broker {
-                child,
-                addr,
-                admin: Some(admin),
-                strict_exit: true,
-                log: log.to_owned(),
-                started: Instant::now(),
-                samples: Arc::default(),
-                stop_sampler: Arc::default(),
-                sampler: None,
-            };
+            let mut b = Broker::spawned(child, addr, Some(admin), true, log);
             loop {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 if let Some(status) = b.child.try_wait()? {
@@ -179,17 +184,7 @@ impl Broker {
             .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("starting the peer: {line}"))?;
-        let mut b = Broker {
-            child,
-            addr,
-            admin: None,
-            strict_exit: false,
-            log: log.to_owned(),
-            started: Instant::now(),
-            samples: Arc::default(),
-            stop_sampler: Arc::default(),
-            sampler: None,
-        };
+        let mut b = Broker::spawned(child, addr, None, false, log);
         loop {
             if let Some(status) = b.child.try_wait()? {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
