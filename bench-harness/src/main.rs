@@ -285,7 +285,7 @@ fn run(a: RunArgs) -> Result<()> {
             // each broker's capacity, as the workload defines it (at our rate, a slower peer
             // only queues).
             if let (Some(command), Some(name)) = (a.peer.as_deref(), peer_name.as_deref()) {
-                let label = format!("{name}-{label}");
+                let label = format!("{}-{label}", file_safe(name));
                 let rate = match resolve_rate(info, &peer_runs, &infos) {
                     Ok(rate) => rate,
                     Err(e) => {
@@ -391,6 +391,14 @@ fn peer_name(given: Option<&str>, command: &str) -> String {
     })
 }
 
+/// `name` as one component of a file name: what is not a letter, digit, `-`, `_` or `.`
+/// becomes `-` (a peer named "build at b78aa18/old" names its logs and reports too).
+fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .collect()
+}
+
 /// The rate of a `rate_of_max` workload: its fraction of the median publish rate of the
 /// workloads run so far that anchor it (`WorkloadInfo::anchors`).
 fn resolve_rate(info: &WorkloadInfo, runs: &[Run], infos: &[WorkloadInfo]) -> Result<Option<u64>> {
@@ -429,7 +437,7 @@ fn run_perf(
         format!("rep{}", rep + 1)
     };
     let stem = match peer {
-        Some(name) => format!("{name}-{}-{label}", info.name),
+        Some(name) => format!("{}-{}-{label}", file_safe(name), info.name),
         None => format!("{}-{label}", info.name),
     };
     let json = out.join("runs").join(format!("{stem}.json"));
@@ -497,7 +505,7 @@ fn run_perf(
 
 #[cfg(test)]
 mod tests {
-    use super::peer_name;
+    use super::{file_safe, peer_name};
 
     #[test]
     fn a_peer_is_named_by_its_command_unless_named() {
@@ -507,5 +515,10 @@ mod tests {
             peer_name(Some("broker at b78aa18"), "/tmp/broker --listen {addr}"),
             "broker at b78aa18"
         );
+    }
+    #[test]
+    fn a_peer_name_becomes_one_file_name_component() {
+        assert_eq!(file_safe("broker at b78aa18/old"), "broker-at-b78aa18-old");
+        assert_eq!(file_safe("tansu-0.6.0_sqlite"), "tansu-0.6.0_sqlite");
     }
 }
