@@ -88,8 +88,9 @@ pub struct Report {
     pub backlog: Option<Backlog>,
     /// CPU time perf itself used during the measured window, in cores (1.0 = one core busy).
     pub perf_cpu_cores: f64,
-    /// Share of the producers' time spent waiting for an in-flight slot, i.e. for the broker.
-    /// Near 1 at maximum rate means the broker, not perf, set the pace.
+    /// Share of the producers' time spent waiting for the broker: for an in-flight slot, or
+    /// blocked on a socket whose send buffer the broker had not drained. Near 1 at maximum rate
+    /// means the broker, not perf, set the pace.
     pub producer_wait_fraction: f64,
     pub series: Vec<Point>,
 }

@@ -66,8 +66,9 @@ struct Shared {
     /// Messages acknowledged (acks 1 or all) or written (acks 0), and consumed, so far.
     acked: AtomicU64,
     consumed: AtomicU64,
-    /// Nanoseconds producers spent blocked on a full in-flight window, and in total.
-    window_wait_ns: AtomicU64,
+    /// Nanoseconds producers spent waiting for the broker (a full in-flight window, or a socket
+    /// it had not drained), and in total.
+    broker_wait_ns: AtomicU64,
     producer_ns: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -260,7 +261,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         end_to_end_latency: report.total.end_to_end.percentiles(),
         backlog,
         perf_cpu_cores: report.cpu_cores,
-        producer_wait_fraction: shared.window_wait_ns.load(Ordering::Acquire) as f64 / producer_ns as f64,
+        producer_wait_fraction: shared.broker_wait_ns.load(Ordering::Acquire) as f64 / producer_ns as f64,
         series: report.series,
     })
 }
@@ -718,7 +719,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
             for b in &batches {
                 buffered_bytes = buffered_bytes.saturating_sub(b.intended_ns.len() * w.message_size);
             }
-            send_produce(
+            waited_ns += send_produce(
                 link,
                 &ctx.topic,
                 acks,
@@ -767,7 +768,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
         }
     }
     shared.flush(&mut local);
-    shared.window_wait_ns.fetch_add(waited_ns, Ordering::AcqRel);
+    shared.broker_wait_ns.fetch_add(waited_ns, Ordering::AcqRel);
     shared.producer_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::AcqRel);
     // Closing the channels ends the readers once they have read every response.
     let mut result = Ok(());
@@ -819,7 +820,7 @@ fn send_produce(
     local: &mut Sample,
     message_size: u64,
     shared: &Shared,
-) -> Result<()> {
+) -> Result<u64> {
     link.correlation = link.correlation.wrapping_add(1);
     let request = ProduceRequest::default()
         .with_acks(acks)
@@ -838,7 +839,7 @@ fn send_produce(
             )]);
     frame.clear();
     client::encode_request(frame, ApiKey::Produce, PRODUCE_VERSION, link.correlation, &request)?;
-    link.stream.write_all(frame).map_err(|source| Error::Io {
+    let blocked_ns = send_counting_blocked(&mut link.stream, frame).map_err(|source| Error::Io {
         op: "sending a produce request to",
         addr: link.addr.clone(),
         source,
@@ -852,7 +853,7 @@ fn send_produce(
             .map_err(|_| Error::Thread {
                 thread: format!("reader for {}", link.addr),
                 message: "stopped".into(),
-            }),
+            })?,
         None => {
             // acks 0: the write is all the acknowledgement there is.
             let now = wall_ns();
@@ -866,9 +867,30 @@ fn send_produce(
             local.published_messages += count;
             local.published_bytes += count * message_size;
             shared.acked.fetch_add(count, Ordering::AcqRel);
-            Ok(())
         }
     }
+    Ok(blocked_ns)
+}
+
+/// Writes all of `frame`, and returns the nanoseconds spent blocked because the socket's send
+/// buffer was full: the broker was not reading, so the producer waited for it as it does for a
+/// free in-flight slot. What the socket takes at once is copied without blocking and not
+/// counted; only after a send that would block does the rest go out blocking, timed.
+fn send_counting_blocked(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<u64> {
+    let mut sent = 0;
+    while sent < frame.len() {
+        match rustix::net::send(&*stream, &frame[sent..], rustix::net::SendFlags::DONTWAIT) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let blocked = Instant::now();
+                stream.write_all(&frame[sent..])?;
+                return Ok(blocked.elapsed().as_nanos() as u64);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(0)
 }
 
 struct ReaderCtx {
@@ -1061,6 +1083,51 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sum of the kernel's largest send and receive buffers for TCP: a write larger than
+    /// that cannot all be taken while the peer reads nothing.
+    fn tcp_buffers_max_bytes() -> usize {
+        ["/proc/sys/net/ipv4/tcp_wmem", "/proc/sys/net/ipv4/tcp_rmem"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(f).expect("TCP buffer limits");
+                text.split_whitespace()
+                    .last()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("a number")
+            })
+            .sum()
+    }
+
+    /// A connection to a listener whose one accepted socket starts reading after `delay`, and
+    /// counts what it read until the writer closes.
+    fn reader_after(delay: Duration) -> (TcpStream, JoinHandle<usize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            std::thread::sleep(delay);
+            let mut sink = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut sink).unwrap()
+        });
+        (TcpStream::connect(addr).unwrap(), reader)
+    }
+
+    /// A write the socket takes at once blocks for nothing; one the broker must read first
+    /// counts as time waiting for it. Either way every byte arrives.
+    #[test]
+    fn only_a_send_that_waits_for_a_full_socket_counts_as_waiting_for_the_broker() {
+        let (mut stream, reader) = reader_after(Duration::ZERO);
+        assert_eq!(send_counting_blocked(&mut stream, &[7u8; 100]).unwrap(), 0);
+        drop(stream);
+        assert_eq!(reader.join().unwrap(), 100);
+
+        let big = vec![7u8; tcp_buffers_max_bytes() + (1 << 20)];
+        let (mut stream, reader) = reader_after(Duration::from_millis(200));
+        assert!(send_counting_blocked(&mut stream, &big).unwrap() > 0);
+        drop(stream);
+        assert_eq!(reader.join().unwrap(), big.len());
+    }
 
     fn workload(keys: &str) -> Workload {
         let text = format!(
