@@ -172,33 +172,41 @@ impl Broker {
     /// ApiVersions request on the port.
     pub fn start_peer(command: &str, data_dir: &Path, log: &Path) -> Result<Broker> {
         std::fs::create_dir_all(data_dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let line = expand_peer_command(command, port, data_dir);
-        let out = std::fs::File::create(log)?;
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {line}"))
-            .current_dir(data_dir)
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .with_context(|| format!("starting the peer: {line}"))?;
-        let mut b = Broker::spawned(child, addr, None, false, log);
-        loop {
-            if let Some(status) = b.child.try_wait()? {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                bail!("the peer exited during start-up ({status}): {line}\nits output:\n{text}");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let addr = format!("127.0.0.1:{port}");
+            let line = expand_peer_command(command, port, data_dir);
+            let out = std::fs::File::create(log)?;
+            let child = Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec {line}"))
+                .current_dir(data_dir)
+                .stdout(Stdio::from(out.try_clone()?))
+                .stderr(Stdio::from(out))
+                .spawn()
+                .with_context(|| format!("starting the peer: {line}"))?;
+            let mut b = Broker::spawned(child, addr, None, false, log);
+            loop {
+                if let Some(status) = b.child.try_wait()? {
+                    // Another process took the free port meanwhile: try another. A peer's
+                    // message for that is its own, so the port itself is asked.
+                    if std::net::TcpListener::bind(&b.addr).is_err() {
+                        break;
+                    }
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    bail!("the peer exited during start-up ({status}): {line}\nits output:\n{text}");
+                }
+                if answers_api_versions(&b.addr) {
+                    b.start_sampler();
+                    return Ok(b);
+                }
+                if b.started.elapsed() > BROKER_READY_TIMEOUT {
+                    bail!("the peer did not answer on {} within {BROKER_READY_TIMEOUT:?}: {line}", b.addr);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            if answers_api_versions(&b.addr) {
-                b.start_sampler();
-                return Ok(b);
-            }
-            if b.started.elapsed() > BROKER_READY_TIMEOUT {
-                bail!("the peer did not answer on {} within {BROKER_READY_TIMEOUT:?}: {line}", b.addr);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        bail!("no free port for the peer after 5 attempts")
     }
 
     pub fn pid(&self) -> u32 {
@@ -326,7 +334,7 @@ fn answers_api_versions(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answers_api_versions, expand_peer_command, sum_counter};
+    use super::{answers_api_versions, expand_peer_command, sum_counter, Broker};
     use std::io::{Read, Write};
     use std::path::Path;
 
@@ -376,6 +384,58 @@ mod tests {
         // Nobody listening.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(!answers_api_versions(&format!("127.0.0.1:{port}")));
+    }
+
+    /// A stand-in peer: answers every request frame with its correlation id, as ApiVersions
+    /// would, on the port it is given.
+    const FAKE_PEER: &str = "import socket, struct, sys\n\
+        s = socket.socket()\n\
+        s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+        s.listen()\n\
+        while True:\n\
+        \x20   c, _ = s.accept()\n\
+        \x20   n = struct.unpack('>i', c.recv(4, socket.MSG_WAITALL))[0]\n\
+        \x20   r = c.recv(n, socket.MSG_WAITALL)\n\
+        \x20   c.sendall(struct.pack('>i', 6) + r[4:8] + bytes(2))\n\
+        \x20   c.close()\n";
+
+    #[test]
+    fn a_peer_starts_from_its_command_is_sampled_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake_peer.py");
+        std::fs::write(&script, FAKE_PEER).unwrap();
+        let data = dir.path().join("data");
+        let log = dir.path().join("peer.log");
+        let peer = Broker::start_peer(&format!("python3 {} {{port}}", script.display()), &data, &log)
+            .unwrap_or_else(|e| panic!("{e:#}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        assert!(peer.addr.starts_with("127.0.0.1:"));
+        assert!(data.is_dir(), "the peer's directory is created");
+        // `exec`: the process started is the peer itself, so its samples are the peer's.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", peer.pid())).unwrap();
+        assert!(comm.starts_with("python3"), "{comm}");
+        assert!(peer.batch_cache_misses().is_none(), "a peer has no metrics the harness knows");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while peer.samples().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let sample = peer.samples().first().copied().expect("the peer is sampled");
+        assert!(sample.rss_bytes > 0, "{sample:?}");
+        // Killed by SIGTERM is a clean enough end for a peer.
+        peer.stop().unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_exits_at_start_up_is_an_error_with_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("peer.log");
+        let err = Broker::start_peer("echo no such storage engine; exit 3", &dir.path().join("d"), &log)
+            .err()
+            .expect("a peer that exits does not start");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("exited during start-up") && text.contains("no such storage engine"),
+            "{text}"
+        );
     }
 
     #[test]
