@@ -31,6 +31,8 @@ pub struct ProcSample {
 
 pub struct Broker {
     child: Child,
+    /// What was started: our binary's path, or the peer's command line as run.
+    pub program: String,
     pub addr: String,
     /// Our admin listener, serving `/metrics`; a peer has none the harness knows of.
     admin: Option<String>,
@@ -110,9 +112,10 @@ pub fn proc_counters(pid: u32) -> Option<(u64, u64)> {
 
 impl Broker {
     /// A broker process just spawned, not yet sampled.
-    fn spawned(child: Child, addr: String, admin: Option<String>, strict_exit: bool, log: &Path) -> Broker {
+    fn spawned(child: Child, program: String, addr: String, admin: Option<String>, strict_exit: bool, log: &Path) -> Broker {
         Broker {
             child,
+            program,
             addr,
             admin,
             strict_exit,
@@ -144,7 +147,7 @@ impl Broker {
                 .stderr(Stdio::from(out))
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;
-            let mut b = Broker::spawned(child, addr, Some(admin), true, log);
+            let mut b = Broker::spawned(child, bin.display().to_string(), addr, Some(admin), true, log);
             loop {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 if let Some(status) = b.child.try_wait()? {
@@ -185,7 +188,7 @@ impl Broker {
                 .stderr(Stdio::from(out))
                 .spawn()
                 .with_context(|| format!("starting the peer: {line}"))?;
-            let mut b = Broker::spawned(child, addr, None, false, log);
+            let mut b = Broker::spawned(child, line.clone(), addr, None, false, log);
             loop {
                 if let Some(status) = b.child.try_wait()? {
                     // Another process took the free port meanwhile: try another. A peer's
@@ -409,6 +412,11 @@ mod tests {
         let peer = Broker::start_peer(&format!("python3 {} {{port}}", script.display()), &data, &log)
             .unwrap_or_else(|e| panic!("{e:#}; log: {}", std::fs::read_to_string(&log).unwrap_or_default()));
         assert!(peer.addr.starts_with("127.0.0.1:"));
+        // The command as run, its port filled in.
+        assert_eq!(
+            peer.program,
+            format!("python3 {} {}", script.display(), &peer.addr["127.0.0.1:".len()..])
+        );
         assert!(data.is_dir(), "the peer's directory is created");
         // `exec`: the process started is the peer itself, so its samples are the peer's.
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", peer.pid())).unwrap();

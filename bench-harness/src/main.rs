@@ -221,7 +221,7 @@ fn run(a: RunArgs) -> Result<()> {
         };
         eprintln!(
             "broker {} (pid {}) on {}, log {}",
-            peer.map_or_else(|| broker_bin.display().to_string(), str::to_owned),
+            broker.program,
             broker.pid(),
             broker.addr,
             log.display()
