@@ -276,8 +276,7 @@ fn run(a: RunArgs) -> Result<()> {
             match run {
                 Ok(run) => runs.push(run),
                 Err(e) => {
-                    eprintln!("FAILED {label}: {e:#}");
-                    failures.push(format!("{label}: {e:#}"));
+                    failed(&mut failures, &label, &e);
                 }
             }
             // The peer right after ours, so both see the machine alike. A workload at a fraction
@@ -289,8 +288,7 @@ fn run(a: RunArgs) -> Result<()> {
                 let rate = match resolve_rate(info, &peer_runs, &infos) {
                     Ok(rate) => rate,
                     Err(e) => {
-                        eprintln!("FAILED {label}: {e:#}");
-                        failures.push(format!("{label}: {e:#}"));
+                        failed(&mut failures, &label, &e);
                         continue;
                     }
                 };
@@ -299,8 +297,7 @@ fn run(a: RunArgs) -> Result<()> {
                 }) {
                     Ok(run) => peer_runs.push(run),
                     Err(e) => {
-                        eprintln!("FAILED {label}: {e:#}");
-                        failures.push(format!("{label}: {e:#}"));
+                        failed(&mut failures, &label, &e);
                     }
                 }
             }
@@ -336,8 +333,7 @@ fn run(a: RunArgs) -> Result<()> {
                 runs.push(run);
             }
             Err(e) => {
-                eprintln!("FAILED soak: {e:#}");
-                failures.push(format!("soak: {e:#}"));
+                failed(&mut failures, "soak", &e);
             }
         }
     }
@@ -379,6 +375,12 @@ impl RunArgs {
             peer_name: self.peer_name.clone(),
         }
     }
+}
+
+/// A run that failed: said now, and kept for the report's "Failed runs".
+fn failed(failures: &mut Vec<String>, label: &str, e: &anyhow::Error) {
+    eprintln!("FAILED {label}: {e:#}");
+    failures.push(format!("{label}: {e:#}"));
 }
 
 /// The peer's name: the one given, or the file name of the command's first word.

@@ -122,7 +122,8 @@ fn publish_until(r: &Run, until_s: f64) -> Option<f64> {
     (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
-/// Another Kafka-compatible broker, run through the same workloads at the same rates.
+/// Another Kafka-compatible broker, run through the same workloads (a fixed rate at a fraction
+/// of the maximum at that fraction of its own maximum).
 #[derive(Debug, Clone, Serialize)]
 pub struct Peer {
     pub name: String,
@@ -654,8 +655,10 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         );
         std::fs::write(out.join(format!("latency-{n}.svg")), svg)?;
         let line = |r: &Run, key: &str| -> Vec<(f64, f64)> {
-            let points = r.perf["series"].as_array().cloned().unwrap_or_default();
-            points.iter().filter_map(|p| Some((p["t_s"].as_f64()?, p[key].as_f64()?))).collect()
+            r.perf["series"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|p| Some((p["t_s"].as_f64()?, p[key].as_f64()?))).collect())
+                .unwrap_or_default()
         };
         let mut lines = vec![
             Series {
@@ -863,6 +866,8 @@ mod tests {
         // The peer's percentiles are drawn beside ours.
         let svg = std::fs::read_to_string(dir.path().join("latency-fixed-rate-latency.svg")).unwrap();
         assert!(svg.contains("publish (tansu)"), "{svg}");
+        let svg = std::fs::read_to_string(dir.path().join("throughput-fixed-rate-latency.svg")).unwrap();
+        assert!(svg.contains("publish (tansu)") && svg.contains("consume"), "{svg}");
     }
 
     #[test]
