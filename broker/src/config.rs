@@ -94,6 +94,9 @@ pub struct FileConfig {
     pub compaction_check_interval_ms: Option<u64>,
     pub batch_cache_bytes: Option<u64>,
     pub segment_recycling: Option<bool>,
+    /// `segment` (an fdatasync per partition commit) or `filesystem` (one syncfs per core for
+    /// all its partitions' commits).
+    pub log_sync: Option<String>,
     pub log_format: Option<String>,
     pub offsets_topic_partitions: Option<i32>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -141,6 +144,10 @@ pub struct Config {
     /// segment (default true; see `iouring_storage::LogConfig::recycle_segments`). Costs up
     /// to one segment of disk per partition beyond what retention keeps.
     pub segment_recycling: bool,
+    /// What a partition's commit syncs (default the segment; see
+    /// `iouring_storage::SyncScope`). `filesystem` shares one syncfs among a core's partitions,
+    /// and suits a data directory with a filesystem of its own.
+    pub log_sync: iouring_storage::SyncScope,
     pub log_json: bool,
     /// The admin HTTP listener (/metrics, /health, /ready); `None` when turned off.
     pub admin_listen: Option<SocketAddr>,
@@ -340,6 +347,11 @@ impl Config {
             shards,
             pin_shards,
             segment_recycling: file.segment_recycling.unwrap_or(true),
+            log_sync: match file.log_sync.as_deref() {
+                None | Some("segment") => iouring_storage::SyncScope::Segment,
+                Some("filesystem") => iouring_storage::SyncScope::Filesystem,
+                Some(other) => return Err(bad("log_sync", format!("`{other}` is neither `segment` nor `filesystem`"))),
+            },
             node_id: file.node_id.unwrap_or(1),
             auto_create_topics: flags.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
             default_partitions,
@@ -442,6 +454,20 @@ mod tests {
         assert!(Config::merge(Flags::default(), FileConfig::default()).unwrap().segment_recycling);
         let file: FileConfig = toml::from_str("segment_recycling = false\n").unwrap();
         assert!(!Config::merge(Flags::default(), file).unwrap().segment_recycling);
+    }
+
+    #[test]
+    fn log_sync_defaults_to_the_segment_and_refuses_unknown_scopes() {
+        use iouring_storage::SyncScope;
+        assert_eq!(
+            Config::merge(Flags::default(), FileConfig::default()).unwrap().log_sync,
+            SyncScope::Segment
+        );
+        let file: FileConfig = toml::from_str("log_sync = \"filesystem\"\n").unwrap();
+        assert_eq!(Config::merge(Flags::default(), file).unwrap().log_sync, SyncScope::Filesystem);
+        let file: FileConfig = toml::from_str("log_sync = \"disk\"\n").unwrap();
+        let err = Config::merge(Flags::default(), file).unwrap_err().to_string();
+        assert!(err.contains("log_sync") && err.contains("disk"), "{err}");
     }
 
     #[test]

@@ -88,10 +88,11 @@ fn run() -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (started_tx, started_rx) = mpsc::channel();
     let provider_meta = meta.clone();
-    let recycling = config.segment_recycling;
+    let (recycling, sync) = (config.segment_recycling, config.log_sync);
     let provider: shard::LogConfigProvider = Arc::new(move |tp| {
         provider_meta.log_config(tp).map(|mut c| {
             c.recycle_segments = recycling;
+            c.sync = sync;
             c
         })
     });

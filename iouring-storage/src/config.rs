@@ -38,6 +38,21 @@ pub struct LogConfig {
     /// already written, so commits into it need no metadata write, and deleting it costs no
     /// discard. Holds up to one segment's disk space more per partition.
     pub recycle_segments: bool,
+    /// What a group commit syncs: the segment (fdatasync, the default) or the whole
+    /// filesystem, once for every log of the thread on it (see `fs_sync.rs`).
+    pub sync: SyncScope,
+}
+
+/// What makes a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncScope {
+    /// An fdatasync of the active segment, for each log's commit.
+    #[default]
+    Segment,
+    /// One `syncfs` shared by the commits of every log on the thread and filesystem. Fewer
+    /// syncs and cache flushes; but it also writes back other programs' dirty pages on the
+    /// filesystem, so it is for a data directory with a filesystem of its own.
+    Filesystem,
 }
 
 impl LogConfig {
@@ -56,6 +71,7 @@ impl LogConfig {
             preallocate_step_bytes: 64 * 1024 * 1024,
             initial_offset: 0,
             recycle_segments: true,
+            sync: SyncScope::Segment,
         }
     }
 

@@ -14,6 +14,7 @@ mod batch;
 mod config;
 pub mod constants;
 mod error;
+mod fs_sync;
 mod index;
 mod log;
 mod log_start;
@@ -26,8 +27,9 @@ mod segment;
 mod writer;
 
 pub use batch::{compute_crc, control_batch, parse_marker, stamp, testing, validate, BatchHeader, CountCheck, Marker};
-pub use config::LogConfig;
+pub use config::{LogConfig, SyncScope};
 pub use error::{BatchError, Error, ProducerError, Result};
+pub use fs_sync::filesystem_syncs;
 pub use log::{release_spares_if_wanted, AppendInfo, LogOffsets, LogStats, PartitionLog, ReadBatches, SegmentInfo, TimestampHit};
 pub use producer_state::AbortedTxn;
 pub use read_ahead::{read_ahead_stats, ReadAheadStats};

@@ -39,10 +39,11 @@ use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 
 use crate::batch::{self, BatchHeader, CountCheck, Marker};
-use crate::config::LogConfig;
+use crate::config::{LogConfig, SyncScope};
 use crate::constants::{BATCH_HEADER_BYTES, COMMITS_IN_FLIGHT_MAX, READ_BYTES_MAX};
 use crate::error::BatchError;
 use crate::error::{Error, Result};
+use crate::fs_sync::{self, SyncGroup};
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::notify::Notify;
 use crate::producer_state::{self, AbortedTxn, Check, ProducerState};
@@ -105,9 +106,10 @@ pub struct TimestampHit {
 /// Counters of one log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogStats {
-    /// Group commits completed, each one fdatasync of the active segment.
+    /// Group commits completed, each one fdatasync of the active segment (or, with
+    /// `SyncScope::Filesystem`, a wait for a `syncfs` shared with the thread's other logs).
     pub group_commits: u64,
-    /// Time spent in those fdatasyncs, in microseconds: with `group_commits`, the mean fsync
+    /// Time spent in those syncs, in microseconds: with `group_commits`, the mean sync
     /// latency, without this crate depending on a metrics library.
     pub fsync_us_total: u64,
     /// Bytes those group commits made durable: with `group_commits`, the mean commit size.
@@ -238,6 +240,8 @@ struct Inner {
     seal_listener: RefCell<Option<SealListener>>,
     /// Where recent readers stopped, and the segment bytes read ahead of them.
     read_ahead: RefCell<ReadAhead>,
+    /// The thread's commits on this filesystem, with `SyncScope::Filesystem`.
+    sync_group: Option<Rc<SyncGroup>>,
 }
 
 /// One partition's log. See the crate documentation for the format and guarantees.
@@ -262,6 +266,10 @@ impl PartitionLog {
     pub async fn open(config: LogConfig) -> Result<PartitionLog> {
         config.validate()?;
         let state = crate::recovery::recover(&config).await?;
+        let sync_group = match config.sync {
+            SyncScope::Segment => None,
+            SyncScope::Filesystem => Some(fs_sync::group_for(&config.dir).map_err(|e| Error::io("opening for syncfs", &config.dir, e))?),
+        };
         let inner = Rc::new(Inner {
             dir: config.dir.clone(),
             config: RefCell::new(config),
@@ -271,6 +279,7 @@ impl PartitionLog {
             durable_changed: Notify::default(),
             seal_listener: RefCell::new(None),
             read_ahead: RefCell::new(ReadAhead::default()),
+            sync_group,
         });
         THREAD_LOGS.with_borrow_mut(|logs| {
             logs.retain(|l| l.strong_count() > 0);
@@ -368,7 +377,8 @@ impl PartitionLog {
     /// What the open log's write path was sized with stays: `dir`, `write_buffer_bytes`,
     /// `writes_in_flight_max`, `preallocate_step_bytes` (the active segment's writer and
     /// preallocation use them), `initial_offset` (meaningful only for an empty directory) and
-    /// `recycle_segments` (a setting of the broker, not of the topic whose configs change).
+    /// `recycle_segments` and `sync` (settings of the broker, not of the topic whose configs
+    /// change).
     /// They take the new values when the log is next opened. The merged config is validated
     /// whole; on error nothing changes.
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
@@ -381,6 +391,7 @@ impl PartitionLog {
                 preallocate_step_bytes: current.preallocate_step_bytes,
                 initial_offset: current.initial_offset,
                 recycle_segments: current.recycle_segments,
+                sync: current.sync,
                 ..config
             }
         };
@@ -665,10 +676,16 @@ impl PartitionLog {
             op.wait().await.map_err(|e| self.poison(e))?;
         }
         let fsync_started = std::time::Instant::now();
-        file.fdatasync().await.map_err(|e| {
-            let full = is_storage_full(&e);
-            self.poison_with(format!("fdatasync of segment {base}: {e}"), full)
-        })?;
+        match &self.inner.sync_group {
+            None => file.fdatasync().await.map_err(|e| {
+                let full = is_storage_full(&e);
+                self.poison_with(format!("fdatasync of segment {base}: {e}"), full)
+            })?,
+            Some(group) => group
+                .sync()
+                .await
+                .map_err(|e| self.poison_with(format!("syncing the filesystem for segment {base}: {e}"), false))?,
+        }
         let mut st = self.state_mut();
         // Counted for every completed group commit: the count was never bumped before, which
         // left the grouping test in tests/log.rs unable to fail.

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use iouring_storage::constants::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use iouring_storage::testing::build_batch;
-use iouring_storage::{stamp, validate, BatchHeader, CountCheck, LogConfig, PartitionLog};
+use iouring_storage::{stamp, validate, BatchHeader, CountCheck, LogConfig, PartitionLog, SyncScope};
 
 /// The one test in this file; the child re-runs it by this exact name.
 const TEST_NAME: &str = "sigkill_mid_append_loses_nothing_acknowledged";
@@ -47,6 +47,9 @@ const CHILD_EPOCH_ENV: &str = "CRASH_CHILD_EPOCH";
 const CHILD_WRITES_IN_FLIGHT_ENV: &str = "CRASH_CHILD_WRITES_IN_FLIGHT";
 /// Set only in the child: "1" to append only batches larger than a write buffer.
 const CHILD_LARGE_ENV: &str = "CRASH_CHILD_LARGE";
+/// Set only in the child: "1" to commit with one syncfs (`SyncScope::Filesystem`) instead of
+/// an fdatasync of the segment.
+const CHILD_SYNC_FILESYSTEM_ENV: &str = "CRASH_CHILD_SYNC_FILESYSTEM";
 /// How long the parent waits for a child to finish recovery before killing it anyway.
 const OPEN_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -216,6 +219,9 @@ fn run_child(dir: PathBuf) -> ! {
 async fn child_main(dir: PathBuf, seed: u64, epoch: i32, writes_in_flight_max: usize, large: bool) {
     let mut config = config(&dir);
     config.writes_in_flight_max = writes_in_flight_max;
+    if env_parse::<u8>(CHILD_SYNC_FILESYSTEM_ENV) == Some(1) {
+        config.sync = SyncScope::Filesystem;
+    }
     let log = PartitionLog::open(config)
         .await
         .unwrap_or_else(|e| child_fail(format!("open (recovery): {e}")));
@@ -354,6 +360,8 @@ struct ChildParams {
     epoch: i32,
     writes_in_flight_max: usize,
     large_batches: bool,
+    /// Commits sync the filesystem, not the segment: every other cycle.
+    sync_filesystem: bool,
 }
 
 /// What one child said before it died.
@@ -413,6 +421,7 @@ fn run_parent() {
             // window where a batch spanning two buffers is half on disk.
             writes_in_flight_max: [1, 1, 2, 4][rng.range(0, 3) as usize],
             large_batches: rng.range(0, 2) == 0,
+            sync_filesystem: cycle % 2 == 1,
         };
         let mut report = match run_child_once(&dir, child, kill_at) {
             Ok(r) => r,
@@ -490,7 +499,7 @@ fn run_parent() {
                 spare_inode = std::fs::metadata(dir.join("recycled.spare")).ok().map(|m| m.ino());
                 println!(
                     concat!(
-                        "{}: {:?}, {} in flight, large {}, opened after {:?}, tail {}, ",
+                        "{}: {:?}, {} in flight, large {}, syncfs {}, opened after {:?}, tail {}, ",
                         "{} acks ({} still in the log), log [{}, {}) in {} bytes, {} sealed segments, ",
                         "checked in {:?}, retained from {}"
                     ),
@@ -498,6 +507,7 @@ fn run_parent() {
                     kill_at,
                     child.writes_in_flight_max,
                     child.large_batches,
+                    child.sync_filesystem,
                     report.opened_after,
                     tail.describe(),
                     new_acks,
@@ -559,6 +569,7 @@ fn run_child_once(dir: &Path, child: ChildParams, kill_at: KillAt) -> Result<Chi
         .env(CHILD_EPOCH_ENV, child.epoch.to_string())
         .env(CHILD_WRITES_IN_FLIGHT_ENV, child.writes_in_flight_max.to_string())
         .env(CHILD_LARGE_ENV, u8::from(child.large_batches).to_string())
+        .env(CHILD_SYNC_FILESYSTEM_ENV, u8::from(child.sync_filesystem).to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use iouring_storage::testing::build_batch;
-use iouring_storage::{stamp, validate, BatchHeader, CountCheck, Error, LogConfig, PartitionLog};
+use iouring_storage::{filesystem_syncs, stamp, validate, BatchHeader, CountCheck, Error, LogConfig, PartitionLog, SyncScope};
 
 /// The batch the `i`-th test append sends: sizes vary so batches straddle blocks and buffers.
 fn nth_batch(i: u64) -> Vec<u8> {
@@ -244,6 +244,62 @@ fn concurrent_appenders_share_fdatasyncs_and_learn_their_offsets_are_durable() {
         assert_eq!(stats.committed_bytes, stats.size_bytes, "every appended byte was committed once");
         acked.sort();
         assert_eq!(read_all(&log).await, acked);
+    });
+}
+
+#[test]
+fn logs_syncing_the_filesystem_share_one_syncfs_and_keep_every_acknowledged_batch() {
+    run_in_dir(|path| async move {
+        let dirs: Vec<PathBuf> = (0..8).map(|i| path.join(format!("p-{i}"))).collect();
+        let open = |dir: PathBuf| async move {
+            let mut c = LogConfig::new(dir);
+            c.sync = SyncScope::Filesystem;
+            PartitionLog::open(c).await.unwrap()
+        };
+        let mut logs = Vec::new();
+        for d in &dirs {
+            logs.push(open(d.clone()).await);
+        }
+        let syncs_before = filesystem_syncs();
+        let tasks: Vec<_> = logs
+            .iter()
+            .enumerate()
+            .flat_map(|(p, log)| {
+                (0..4u64).map(move |t| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let mut acked = Vec::new();
+                        for j in 0..10 {
+                            let b = nth_batch(p as u64 * 1000 + t * 100 + j);
+                            let info = log.append(&b, 0, 0).await.unwrap();
+                            assert!(log.wait_durable(info.last_offset + 1).await.unwrap() > info.last_offset);
+                            acked.push((info.base_offset, stamped(b, info.base_offset)));
+                        }
+                        (p, acked)
+                    })
+                })
+            })
+            .collect();
+        let mut acked: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); logs.len()];
+        for t in tasks {
+            let (p, a) = t.await;
+            acked[p].extend(a);
+        }
+        let syncs = filesystem_syncs() - syncs_before;
+        let commits: u64 = logs.iter().map(|l| l.stats().group_commits).sum();
+        assert!(syncs > 0, "commits ran syncfs");
+        assert!(
+            syncs < commits,
+            "{commits} commits of 8 logs took {syncs} syncfs calls: the logs did not share them"
+        );
+        for log in logs.drain(..) {
+            log.close().await.unwrap();
+        }
+        for (d, mut a) in dirs.into_iter().zip(acked) {
+            let log = open(d).await;
+            a.sort();
+            assert_eq!(read_all(&log).await, a, "every acknowledged batch is read back after reopening");
+        }
     });
 }
 

@@ -11,6 +11,11 @@ pub const STARTUP_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Longest long-poll wait one op may ask for; Kafka clients ask for at most a few seconds.
 pub const WAIT_DATA_MAX: Duration = Duration::from_secs(60);
 
+/// Threads of each shard's blocking pool (glommio's default is 1): a filesystem-wide commit
+/// sync (`log_sync = "filesystem"`) runs there, and must not wait behind an unlink of a large
+/// segment (hundreds of milliseconds with online discard), which also runs there.
+pub const BLOCKING_THREADS_PER_SHARD: usize = 2;
+
 /// Most partitions one shard owns. Each holds at least one write buffer.
 pub const PARTITIONS_PER_SHARD_MAX: usize = 100_000;
 

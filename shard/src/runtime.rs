@@ -10,9 +10,9 @@ use std::time::Instant;
 use futures::channel::oneshot;
 use futures::StreamExt;
 use glommio::channels::shared_channel::ConnectedSender;
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 
-use crate::constants::{MESH_CHANNEL_DEPTH_MAX, STARTUP_WAIT_MAX};
+use crate::constants::{BLOCKING_THREADS_PER_SHARD, MESH_CHANNEL_DEPTH_MAX, STARTUP_WAIT_MAX};
 use crate::mesh::{self, Envelope};
 use crate::ops::{Op, OpResult};
 use crate::partitions::{LogConfigProvider, Partitions};
@@ -133,7 +133,17 @@ where
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let mut handles = Vec::with_capacity(config.shards);
     for (i, ends) in ends.into_iter().enumerate() {
-        let placement = if config.pin { Placement::Fixed(i) } else { Placement::Unbound };
+        let (placement, pool) = if config.pin {
+            let core = CpuSet::online()
+                .map_err(|e| Error::Startup {
+                    shard: i,
+                    detail: format!("listing online cores: {e}"),
+                })?
+                .filter(|c| c.cpu == i);
+            (Placement::Fixed(i), PoolPlacement::Custom(vec![core; BLOCKING_THREADS_PER_SHARD]))
+        } else {
+            (Placement::Unbound, PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD))
+        };
         let (main, provider, ready, data_dir, n, cache_bytes) = (
             main.clone(),
             provider.clone(),
@@ -144,6 +154,7 @@ where
         );
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
+            .blocking_thread_pool_placement(pool)
             .spawn(move || async move {
                 let mesh = ends.connect().await;
                 let partitions = Rc::new(Partitions::with_cache_bytes_max(ShardId(i), data_dir, provider, cache_bytes));
