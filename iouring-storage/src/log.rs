@@ -1037,16 +1037,10 @@ impl PartitionLog {
                     st.content_generation(),
                 )
             };
-            // A reader that continues where it stopped has a stream, positioned at the batch
-            // itself (no index slack).
+            // A reader that continues where it stopped, or repeats its last read, has a stream,
+            // positioned at the batch itself (no index slack) or where that read started.
             let stream = self.inner.read_ahead.borrow_mut().take(generation, offset);
-            let mut stream = match stream {
-                Some(mut s) => {
-                    s.sequential = true;
-                    s
-                }
-                None => read_ahead::Stream::new(generation, base, offset, start_pos),
-            };
+            let mut stream = stream.unwrap_or_else(|| read_ahead::Stream::new(generation, base, offset, start_pos));
             // Its windows may hold the batches; else read from its position, which for a new
             // stream is the index entry's.
             let served = if stream.base == base {

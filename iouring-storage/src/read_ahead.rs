@@ -9,7 +9,9 @@
 //!
 //! A log remembers where its recent readers stopped: a `Stream` per reader, at most
 //! `READ_AHEAD_STREAMS_MAX`, the least recently used forgotten first. A read that starts exactly
-//! where a stream stopped continues it; from the second such read on, the stream keeps up to
+//! where a stream stopped continues it; one that starts where the stream's last read started
+//! repeats that read (a fetch response with no room left for the partition dropped it, and the
+//! consumer asks again) and is served from the same windows, which it keeps; from the second such read on, the stream keeps up to
 //! `READ_AHEAD_WINDOWS_MAX` windows of the segment read ahead of it in the background, each
 //! starting at the first batch the window before it does not hold whole, so no byte is read
 //! twice but for alignment. Reads are served from a window's buffer without a copy; a read
@@ -238,6 +240,9 @@ pub(crate) struct Stream {
     /// The offset the next read continues at, and its batch's file position.
     pub(crate) next_offset: u64,
     pub(crate) next_pos: u64,
+    /// Where the last read started (offset, and the file position it read from): a read
+    /// there repeats it.
+    last_start: Option<(u64, u64)>,
     /// The reader has continued where it stopped at least once: read ahead of it.
     pub(crate) sequential: bool,
     pub(crate) windows: VecDeque<Rc<Window>>,
@@ -261,6 +266,7 @@ impl Stream {
             base,
             next_offset,
             next_pos,
+            last_start: None,
             sequential: false,
             windows: VecDeque::new(),
             last_used: Instant::now(),
@@ -311,6 +317,9 @@ impl Stream {
         if base != self.base {
             self.windows.clear();
             self.base = base;
+            self.last_start = None;
+        } else {
+            self.last_start = Some((self.next_offset, self.next_pos));
         }
         self.next_offset = next_offset;
         self.next_pos = next_pos;
@@ -367,12 +376,22 @@ pub(crate) struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Takes out the stream a read at `offset` continues: one of this `generation` that stopped
-    /// at `offset`. The caller puts it back with `put`.
+    /// Takes out the stream a read at `offset` continues (one of this `generation` that stopped
+    /// at `offset`; it is then `sequential`), or else the one whose last read it repeats,
+    /// moved back to where that read started. The caller puts it back with `put`.
     pub(crate) fn take(&mut self, generation: u64, offset: u64) -> Option<Stream> {
         self.streams.retain(|s| s.generation == generation);
-        let i = self.streams.iter().position(|s| s.next_offset == offset)?;
-        Some(self.streams.remove(i))
+        if let Some(i) = self.streams.iter().position(|s| s.next_offset == offset) {
+            let mut s = self.streams.remove(i);
+            s.sequential = true;
+            return Some(s);
+        }
+        let i = self.streams.iter().position(|s| s.last_start.is_some_and(|(o, _)| o == offset))?;
+        let mut s = self.streams.remove(i);
+        let (o, pos) = s.last_start.take().expect("matched on it");
+        s.next_offset = o;
+        s.next_pos = pos;
+        Some(s)
     }
 
     /// Keeps `stream` as the most recently used, forgetting the least recently used beyond
@@ -521,6 +540,30 @@ mod tests {
         assert!(ra.take(1, 100).is_none(), "the idle reader is forgotten");
         assert!(ra.take(1, 200).is_some(), "the recent one is kept");
         assert!(Window::reserve(0, half).is_some(), "the idle reader's bytes are free again");
+    }
+
+    #[test]
+    fn a_read_where_the_last_one_started_takes_the_stream_back_there_with_its_windows() {
+        let mut ra = ReadAhead::default();
+        let mut s = Stream::new(1, 0, 10, 4096);
+        s.advance(0, 20, 8192);
+        s.windows.push_back(Window::reserve(8192, 4096).expect("fits"));
+        ra.put(s);
+        let s = ra.take(1, 10).expect("a read at 10 repeats the last one");
+        assert_eq!((s.next_offset, s.next_pos, s.sequential), (10, 4096, false));
+        assert_eq!(s.windows.len(), 1, "the windows stay");
+        let mut s = s;
+        s.advance(0, 20, 8192);
+        ra.put(s);
+        let mut s = ra.take(1, 10).expect("and again");
+        assert_eq!((s.next_offset, s.next_pos), (10, 4096));
+        s.advance(0, 20, 8192);
+        ra.put(s);
+        let mut s = ra.take(1, 20).expect("a read at 20 continues");
+        assert!(s.sequential);
+        s.advance(5, 30, 100);
+        ra.put(s);
+        assert!(ra.take(1, 20).is_none(), "a read that moved to another segment repeats nothing");
     }
 
     #[test]

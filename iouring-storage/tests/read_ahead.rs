@@ -99,6 +99,49 @@ fn sequential_readers_are_served_from_read_ahead_byte_for_byte() {
 }
 
 #[test]
+fn a_reader_that_repeats_each_read_is_served_from_its_windows_byte_for_byte() {
+    run_in_dir(|dir| async move {
+        let log = PartitionLog::open(config(&dir)).await.unwrap();
+        let all = append(&log, 0, 400, 0).await;
+        // Like a consumer of many partitions whose fetch responses drop this partition's data
+        // every other time: each read is asked for twice before the reader moves on.
+        let mut got = Vec::new();
+        let mut next = 0;
+        let (mut served, mut reads) = (0u64, 0u64);
+        while got.len() < 300 {
+            let first = log.read(next, 64 * 1024).await.unwrap().expect("data");
+            let before = read_ahead_stats().reads_served;
+            let again = log.read(next, 64 * 1024).await.unwrap().expect("data");
+            served += read_ahead_stats().reads_served - before;
+            reads += 1;
+            let n = first.bytes.len().min(again.bytes.len());
+            assert!(
+                first.first_offset == again.first_offset && first.bytes[..n] == again.bytes[..n],
+                "a repeated read at {next} returns the same batches: {} bytes to {} the first time, {} to {} again",
+                first.bytes.len(),
+                first.next_offset,
+                again.bytes.len(),
+                again.next_offset
+            );
+            let mut at = 0;
+            while at < again.bytes.len() {
+                let h = BatchHeader::parse(&again.bytes[at..]).expect("header");
+                got.push((h.base_offset as u64, again.bytes[at..at + h.total_bytes].to_vec()));
+                at += h.total_bytes;
+            }
+            next = again.next_offset;
+        }
+        assert_eq!(&got[..], &all[..got.len()]);
+        // A repeat misses only where its read used up a window (the window is then gone).
+        assert!(
+            served * 2 > reads,
+            "{served} of {reads} repeated reads were served from read-ahead windows"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_reader_continuing_after_a_truncation_sees_the_new_batches() {
     run_in_dir(|dir| async move {
         let log = PartitionLog::open(config(&dir)).await.unwrap();
