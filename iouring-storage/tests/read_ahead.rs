@@ -39,6 +39,18 @@ async fn append(log: &PartitionLog, from: u64, to: u64, fill: i64) -> Vec<(u64, 
     out
 }
 
+/// (base offset, bytes) of each whole batch in `bytes`.
+fn batches_in(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let h = BatchHeader::parse(&bytes[at..]).expect("header");
+        out.push((h.base_offset as u64, bytes[at..at + h.total_bytes].to_vec()));
+        at += h.total_bytes;
+    }
+    out
+}
+
 /// Reads from `from` in reads of `max_bytes` until `until` batches have come back or the log
 /// ends, and returns (base offset, bytes) of each batch and the offset to continue at.
 async fn read_batches(log: &PartitionLog, from: u64, max_bytes: usize, until: usize) -> (Vec<(u64, Vec<u8>)>, u64) {
@@ -48,12 +60,7 @@ async fn read_batches(log: &PartitionLog, from: u64, max_bytes: usize, until: us
         let Some(r) = log.read(next, max_bytes).await.expect("read") else {
             break;
         };
-        let mut at = 0;
-        while at < r.bytes.len() {
-            let h = BatchHeader::parse(&r.bytes[at..]).expect("header");
-            out.push((h.base_offset as u64, r.bytes[at..at + h.total_bytes].to_vec()));
-            at += h.total_bytes;
-        }
+        out.extend(batches_in(&r.bytes));
         next = r.next_offset;
     }
     (out, next)
@@ -123,12 +130,7 @@ fn a_reader_that_repeats_each_read_is_served_from_its_windows_byte_for_byte() {
                 again.bytes.len(),
                 again.next_offset
             );
-            let mut at = 0;
-            while at < again.bytes.len() {
-                let h = BatchHeader::parse(&again.bytes[at..]).expect("header");
-                got.push((h.base_offset as u64, again.bytes[at..at + h.total_bytes].to_vec()));
-                at += h.total_bytes;
-            }
+            got.extend(batches_in(&again.bytes));
             next = again.next_offset;
         }
         assert_eq!(&got[..], &all[..got.len()]);
