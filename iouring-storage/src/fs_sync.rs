@@ -2,11 +2,18 @@
 //! durable at once (`SyncScope::Filesystem`).
 //!
 //! A commit's O_DIRECT writes have completed when it asks to sync: the data sits in the
-//! device's volatile cache, and on ext4 the conversion of the unwritten extents it filled sits
-//! in the journal's running transaction. `syncfs` commits that transaction and flushes the
-//! device's cache, like an fdatasync of each file, but once for all of them: with 8 partitions
-//! committing on a thread it replaces 8 fdatasyncs (8 io-wq workers, and a cache flush for each
-//! file whose journal transaction was already committed) by one call.
+//! device's volatile cache, and the conversion of the unwritten extents it filled sits in
+//! memory as dirty metadata (on ext4 with a journal, in the running transaction; without one,
+//! as it runs on the CI machine, in dirty inode and extent blocks). `syncfs` writes all of it,
+//! like an fdatasync of each file, but once for all of them: with 8 partitions committing on a
+//! thread it replaces 8 fdatasyncs (8 io-wq workers, and a cache flush each) by one call.
+//!
+//! Then an fdatasync of the group's directory descriptor flushes the device's cache once more.
+//! Linux's `sync_filesystem` asks the filesystem to flush (`sync_fs`) before its last wait for
+//! the block device's dirty buffers (`sync_blockdev`), and ext4 without a journal keeps exactly
+//! the extent and inode blocks there: a metadata write that completed after that flush was
+//! issued would sit in the volatile cache when `syncfs` returns. The fdatasync's flush comes
+//! after every one of them completed.
 //!
 //! The price is that `syncfs` also writes back every other dirty page of the filesystem: on a
 //! filesystem that other programs write through the page cache, their writeback lengthens our
@@ -14,8 +21,8 @@
 //!
 //! A commit needs a sync that started after its writes completed. Syncs of one filesystem run
 //! one at a time per thread: a commit that finds one running waits for it to end and then for
-//! the next, which covers everyone who arrived meanwhile. `syncfs` runs on the executor's
-//! blocking thread pool (io_uring has no such operation).
+//! the next, which covers everyone who arrived meanwhile. Both calls run on the executor's
+//! blocking thread pool (io_uring has no `syncfs`).
 //!
 //! Errors: a failed `syncfs` fails every commit that needed it, and also those waiting on an
 //! earlier sync that succeeded but whose result they had not yet read (conservative: such a log
@@ -101,7 +108,9 @@ impl SyncGroup {
         let group = self.clone();
         glommio::spawn_local(async move {
             let fd = group.fd.clone();
-            let result = glommio::executor().spawn_blocking(move || rustix::fs::syncfs(&*fd)).await;
+            let result = glommio::executor()
+                .spawn_blocking(move || rustix::fs::syncfs(&*fd).and_then(|()| rustix::fs::fdatasync(&*fd)))
+                .await;
             if let Err(e) = result {
                 let e = std::io::Error::from(e);
                 *group.failed.borrow_mut() = Some((this, e.kind(), format!("syncfs: {e}")));
