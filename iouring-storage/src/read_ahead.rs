@@ -12,9 +12,9 @@
 //! where a stream stopped continues it; one that starts where the stream's last read started
 //! repeats that read (a fetch response with no room left for the partition dropped it, and the
 //! consumer asks again) and is served from the same windows, which it keeps. From a stream's
-//! first continuing read on, it keeps up to `READ_AHEAD_WINDOWS_MAX` windows of the segment read ahead of it in the background, each
-//! starting at the first batch the window before it does not hold whole, so no byte is read
-//! twice but for alignment. Reads are served from a window's buffer without a copy; a read
+//! first continuing read on, it keeps up to `READ_AHEAD_WINDOWS_MAX` windows of the segment
+//! read ahead of it in the background, each starting at the first batch the window before it
+//! does not hold whole, so no byte is read twice but for alignment. Reads are served from a window's buffer without a copy; a read
 //! near a window's end may return fewer bytes than asked (whole batches only), and the next
 //! read continues in the next window.
 //!
