@@ -131,10 +131,14 @@ impl Broker {
     pub fn start(bin: &Path, data_dir: &Path, log: &Path) -> Result<Broker> {
         std::fs::create_dir_all(data_dir)?;
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            // The admin listener (metrics on, as by default) on a free port of its own too: both
+            // held at once while their numbers are read, so they differ (the broker refuses an
+            // admin listener on the Kafka listener's address).
+            let kafka = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let admin_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let (port, admin_port) = (kafka.local_addr()?.port(), admin_listener.local_addr()?.port());
+            drop((kafka, admin_listener));
             let addr = format!("127.0.0.1:{port}");
-            // The admin listener (metrics on, as by default) on a free port of its own too.
-            let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let admin = format!("127.0.0.1:{admin_port}");
             let out = std::fs::File::create(log)?;
             let child = Command::new(bin)

@@ -27,6 +27,16 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Two different free ports, for the Kafka and the admin listener: two calls of `free_port`
+/// may return the same one, since each releases it before returning, and the broker refuses
+/// an admin listener on the Kafka listener's address. Both are held while their numbers are
+/// read.
+fn two_free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
 impl BrokerProcess {
     /// Starts a broker on a fresh data directory with `args` added to its command line.
     pub fn start(args: &[&str]) -> BrokerProcess {
@@ -38,9 +48,10 @@ impl BrokerProcess {
     pub fn start_in(data_dir: Option<PathBuf>, args: &[&str]) -> BrokerProcess {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
+        let (port, admin_port) = two_free_ports();
         let mut b = BrokerProcess {
-            port: free_port(),
-            admin_port: free_port(),
+            port,
+            admin_port,
             data_dir,
             child: None,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
@@ -52,7 +63,7 @@ impl BrokerProcess {
         for _ in 0..5 {
             match b.spawn() {
                 Ok(()) => return b,
-                Err(log) if log.contains("cannot listen") => (b.port, b.admin_port) = (free_port(), free_port()),
+                Err(log) if log.contains("cannot listen") => (b.port, b.admin_port) = two_free_ports(),
                 Err(log) => panic!("broker exited during start-up:\n{log}"),
             }
         }
