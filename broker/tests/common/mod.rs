@@ -21,16 +21,9 @@ pub struct BrokerProcess {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().unwrap().port()
-}
-
-/// Two different free ports, for the Kafka and the admin listener: two calls of `free_port`
-/// may return the same one, since each releases it before returning, and the broker refuses
-/// an admin listener on the Kafka listener's address. Both are held while their numbers are
-/// read.
+/// Two ports nobody listens on right now, for the Kafka and the admin listener. Both are held
+/// while their numbers are read: a port bound and released once, twice over, may come back the
+/// same, and the broker refuses an admin listener on the Kafka listener's address.
 fn two_free_ports() -> (u16, u16) {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     let (a, b) = (bind(), bind());
