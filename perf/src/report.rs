@@ -80,6 +80,11 @@ pub struct Report {
     pub first_error: Option<String>,
     /// From intended send time to acknowledgement.
     pub publish_latency: Option<Percentiles>,
+    /// The broker's part of `publish_latency`: from writing each message's produce request to
+    /// the socket to reading its response (acks 1 or all). The difference is the producer's
+    /// own batching (linger) and queueing for an in-flight slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_round_trip_latency: Option<Percentiles>,
     /// From intended send time to receipt by a consumer (end-to-end mode only). With a
     /// backlog, the backlog's messages count too, from when they were sent.
     pub end_to_end_latency: Option<Percentiles>,
@@ -125,7 +130,11 @@ impl Report {
             self.consume.mb_per_s,
             self.publish_errors
         );
-        for (name, p) in [("publish", &self.publish_latency), ("end-to-end", &self.end_to_end_latency)] {
+        for (name, p) in [
+            ("publish", &self.publish_latency),
+            ("publish round trip", &self.publish_round_trip_latency),
+            ("end-to-end", &self.end_to_end_latency),
+        ] {
             if let Some(p) = p {
                 s += &format!(
                     "{name} latency: p50 {} p99 {} p99.9 {} p99.99 {} max {} ({} samples)\n",

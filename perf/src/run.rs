@@ -258,6 +258,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         publish_errors: report.total.publish_errors,
         first_error,
         publish_latency: report.total.publish.percentiles(),
+        publish_round_trip_latency: report.total.publish_round_trip.percentiles(),
         end_to_end_latency: report.total.end_to_end.percentiles(),
         backlog,
         perf_cpu_cores: report.cpu_cores,
@@ -521,6 +522,8 @@ struct SealedBatch {
 struct InFlight {
     correlation: i32,
     batches: Vec<SealedBatch>,
+    /// When the request had been written to the socket (wall-clock ns).
+    sent_ns: u64,
 }
 
 /// A producer's connection to one leader.
@@ -849,6 +852,7 @@ fn send_produce(
             .send(InFlight {
                 correlation: link.correlation,
                 batches,
+                sent_ns: wall_ns(),
             })
             .map_err(|_| Error::Thread {
                 thread: format!("reader for {}", link.addr),
@@ -937,6 +941,7 @@ fn reader(mut r: ReaderCtx) -> Result<()> {
             }
             for &t in &b.intended_ns {
                 local.publish.record_between(t, now);
+                local.publish_round_trip.record_between(inflight.sent_ns, now);
             }
             ok += count;
         }

@@ -110,6 +110,9 @@ pub struct Sample {
     pub consumed_messages: u64,
     pub consumed_bytes: u64,
     pub publish: Latency,
+    /// From writing a produce request to reading its response, per message: the broker's part
+    /// of `publish` (the rest is the producer's batching and queueing).
+    pub publish_round_trip: Latency,
     pub end_to_end: Latency,
 }
 
@@ -121,6 +124,7 @@ impl Sample {
         self.consumed_messages += o.consumed_messages;
         self.consumed_bytes += o.consumed_bytes;
         self.publish.add(&o.publish);
+        self.publish_round_trip.add(&o.publish_round_trip);
         self.end_to_end.add(&o.end_to_end);
     }
 
@@ -133,6 +137,7 @@ impl Sample {
         self.consumed_messages = 0;
         self.consumed_bytes = 0;
         self.publish.reset();
+        self.publish_round_trip.reset();
         self.end_to_end.reset();
     }
 }

@@ -125,6 +125,20 @@ fn assert_clean(r: &Report) {
     assert!(r.publish.messages > 0, "{}", r.summary());
     let publish = r.publish_latency.as_ref().expect("publish latencies");
     assert!(publish.count >= r.publish.messages, "a latency for every acknowledged message");
+    // The request round trip is the part of each message's publish latency after its request
+    // was written, so it has as many samples and is no longer at any percentile.
+    let round_trip = r.publish_round_trip_latency.as_ref().expect("round-trip latencies");
+    assert_eq!(round_trip.count, publish.count, "{}", r.summary());
+    for (q, (rt, p)) in [
+        (round_trip.p50_us, publish.p50_us),
+        (round_trip.p99_us, publish.p99_us),
+        (round_trip.max_us, publish.max_us),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(rt <= p, "round trip {rt} µs above publish {p} µs at quantile #{q}: {}", r.summary());
+    }
 }
 
 #[test]
