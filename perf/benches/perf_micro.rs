@@ -1,20 +1,18 @@
 //! criterion micro-benchmarks of perf's hot paths: building a record batch and walking one,
 //! and recording a latency, so that the generator's own cost per message is known.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use perf::batch::{walk_values, BatchBuilder, Compression};
 use perf::stats::Latency;
 
-fn build(n: usize, value: &[u8]) -> BytesMut {
+fn build(n: usize, value: &[u8]) -> Bytes {
     let mut b = BatchBuilder::new(Compression::None);
     for i in 0..n {
         let stamp = (i as u64).to_be_bytes();
         b.append(1_700_000_000_000, None, &[&stamp, value]);
     }
-    let mut out = BytesMut::new();
-    b.finish(&mut out).unwrap();
-    out
+    b.finish().unwrap().expect("a batch")
 }
 
 fn batch(c: &mut Criterion) {
@@ -22,7 +20,7 @@ fn batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("batch");
     g.throughput(Throughput::Elements(128));
     g.bench_function("build 128 x 1 KiB", |b| b.iter(|| build(128, &value)));
-    let bytes = build(128, &value).freeze();
+    let bytes = build(128, &value);
     g.bench_function("walk 128 x 1 KiB", |b| {
         b.iter_batched(
             || bytes.clone(),

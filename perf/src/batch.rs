@@ -69,12 +69,14 @@ impl Compression {
     }
 }
 
-/// Builds one record batch at a time into a reused buffer.
+/// Builds one record batch at a time. Records go in after room left for the header, so an
+/// uncompressed batch is finished in place and handed out without a copy.
 #[derive(Debug)]
 pub struct BatchBuilder {
     compression: Compression,
-    /// The encoded records (uncompressed), appended as they come.
-    records: Vec<u8>,
+    /// `HEADER_BYTES` of room for the header (once the first record is in), then the encoded
+    /// records, uncompressed, appended as they come.
+    buf: BytesMut,
     count: i32,
     first_timestamp_ms: i64,
     max_timestamp_ms: i64,
@@ -84,7 +86,7 @@ impl BatchBuilder {
     pub fn new(compression: Compression) -> BatchBuilder {
         BatchBuilder {
             compression,
-            records: Vec::new(),
+            buf: BytesMut::new(),
             count: 0,
             first_timestamp_ms: 0,
             max_timestamp_ms: 0,
@@ -104,7 +106,11 @@ impl BatchBuilder {
     /// `batch_bytes` is checked against, as Kafka's producer does before compression ratios
     /// are known.
     pub fn uncompressed_bytes(&self) -> usize {
-        HEADER_BYTES + self.records.len()
+        if self.count == 0 {
+            HEADER_BYTES
+        } else {
+            self.buf.len()
+        }
     }
 
     /// Appends one record whose value is the concatenation of `value_parts`.
@@ -112,6 +118,8 @@ impl BatchBuilder {
         if self.count == 0 {
             self.first_timestamp_ms = timestamp_ms;
             self.max_timestamp_ms = timestamp_ms;
+            self.buf.clear();
+            self.buf.put_bytes(0, HEADER_BYTES);
         }
         let value_len: usize = value_parts.iter().map(|p| p.len()).sum();
         let key_len = key.map_or(0, |k| k.len());
@@ -133,65 +141,74 @@ impl BatchBuilder {
         let value_head_len = 5 - v.len();
         // One header count byte (0) at the end.
         let body_len = head_len + key_len + value_head_len + value_len + 1;
-        self.records.reserve(body_len + 5);
-        put_varint(&mut self.records, body_len as i32);
-        self.records.extend_from_slice(&head[..head_len]);
+        self.buf.reserve(body_len + 5);
+        put_varint(&mut self.buf, body_len as i32);
+        self.buf.extend_from_slice(&head[..head_len]);
         if let Some(k) = key {
-            self.records.extend_from_slice(k);
+            self.buf.extend_from_slice(k);
         }
-        self.records.extend_from_slice(&value_head[..value_head_len]);
+        self.buf.extend_from_slice(&value_head[..value_head_len]);
         for p in value_parts {
-            self.records.extend_from_slice(p);
+            self.buf.extend_from_slice(p);
         }
-        self.records.push(0);
+        self.buf.put_u8(0);
         self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
         self.count += 1;
     }
 
-    /// Writes the finished batch to `out` (appending) and starts a new one. An empty builder
-    /// writes nothing.
-    pub fn finish(&mut self, out: &mut BytesMut) -> Result<()> {
+    /// The finished batch, or `None` for an empty builder; the next append starts a new one.
+    /// Uncompressed, the header is written into the room left for it and the batch leaves
+    /// without a copy; compressed, the records are compressed after a new header.
+    pub fn finish(&mut self) -> Result<Option<Bytes>> {
         if self.count == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let start = out.len();
-        out.put_i64(0);
-        out.put_i32(0); // length, filled below
-        out.put_i32(-1);
-        out.put_i8(2);
-        out.put_u32(0); // CRC, filled below
-        out.put_i16(self.compression.attribute());
-        out.put_i32(self.count - 1);
-        out.put_i64(self.first_timestamp_ms);
-        out.put_i64(self.max_timestamp_ms);
-        out.put_i64(-1);
-        out.put_i16(-1);
-        out.put_i32(-1);
-        out.put_i32(self.count);
-        let records = &self.records[..];
-        // kafka-protocol's compressors take a closure that fills their input buffer.
-        let fill = |b: &mut BytesMut| {
-            b.extend_from_slice(records);
-            Ok(())
-        };
-        let compressed = match self.compression {
-            Compression::None => {
-                out.extend_from_slice(records);
+        let mut header = [0u8; HEADER_BYTES];
+        let mut h = &mut header[..];
+        h.put_i64(0);
+        h.put_i32(0); // length, filled below
+        h.put_i32(-1);
+        h.put_i8(2);
+        h.put_u32(0); // CRC, filled below
+        h.put_i16(self.compression.attribute());
+        h.put_i32(self.count - 1);
+        h.put_i64(self.first_timestamp_ms);
+        h.put_i64(self.max_timestamp_ms);
+        h.put_i64(-1);
+        h.put_i16(-1);
+        h.put_i32(-1);
+        h.put_i32(self.count);
+        let mut out = if self.compression == Compression::None {
+            let mut out = self.buf.split();
+            out[..HEADER_BYTES].copy_from_slice(&header);
+            out
+        } else {
+            let mut out = BytesMut::with_capacity(self.buf.len() / 2);
+            out.extend_from_slice(&header);
+            let records = &self.buf[HEADER_BYTES..];
+            // kafka-protocol's compressors take a closure that fills their input buffer.
+            let fill = |b: &mut BytesMut| {
+                b.extend_from_slice(records);
                 Ok(())
-            }
-            Compression::Gzip => Gzip::compress(out, fill),
-            Compression::Snappy => Snappy::compress(out, fill),
-            Compression::Lz4 => Lz4::compress(out, fill),
-            Compression::Zstd => Zstd::compress(out, fill),
+            };
+            let compressed = match self.compression {
+                // Taken above, in place; here it would be a plain copy.
+                Compression::None => fill(&mut out),
+                Compression::Gzip => Gzip::compress(&mut out, fill),
+                Compression::Snappy => Snappy::compress(&mut out, fill),
+                Compression::Lz4 => Lz4::compress(&mut out, fill),
+                Compression::Zstd => Zstd::compress(&mut out, fill),
+            };
+            compressed.map_err(|e| Error::Batch(format!("compressing with {:?}: {e}", self.compression)))?;
+            self.buf.clear();
+            out
         };
-        compressed.map_err(|e| Error::Batch(format!("compressing with {:?}: {e}", self.compression)))?;
-        let length = (out.len() - start - 12) as i32;
-        out[start + 8..start + 12].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32c::crc32c(&out[start + CRC_START..]);
-        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
-        self.records.clear();
+        let length = (out.len() - 12) as i32;
+        out[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
         self.count = 0;
-        Ok(())
+        Ok(Some(out.freeze()))
     }
 }
 
@@ -349,10 +366,10 @@ mod tests {
                 &[&stamp, b"payload"],
             );
         }
-        let mut out = BytesMut::new();
-        b.finish(&mut out).unwrap();
+        let out = b.finish().unwrap().expect("a batch");
         assert!(b.is_empty(), "finish starts a new batch");
-        out.freeze()
+        assert_eq!(b.finish().unwrap(), None, "an empty builder finishes nothing");
+        out
     }
 
     /// kafka-protocol's decoder is the oracle: it checks the CRC, the lengths and the records.

@@ -74,6 +74,73 @@ pub fn encode_request<R: Encodable>(buf: &mut BytesMut, key: ApiKey, version: i1
     Ok(())
 }
 
+/// A Produce request (v9, `PRODUCE_VERSION`) to one topic whose record batches are not copied:
+/// the frame's pieces in wire order, the encoded bytes around each batch and the batches
+/// themselves, to be sent with one vectored write. Encoding the request through kafka-protocol
+/// copies every batch into the frame, which took a fifth of perf's CPU at maximum rate.
+/// `encode_request` of the same `ProduceRequest` gives the same bytes (tested).
+pub fn encode_produce(
+    buf: &mut BytesMut,
+    correlation: i32,
+    topic: &str,
+    acks: i16,
+    timeout_ms: i32,
+    batches: &[(i32, Bytes)],
+) -> Vec<Bytes> {
+    buf.clear();
+    buf.put_i32(0); // size, filled below
+                    // Request header v2: the client id is a (non-compact) nullable string; no tagged fields.
+    buf.put_i16(ApiKey::Produce as i16);
+    buf.put_i16(PRODUCE_VERSION);
+    buf.put_i32(correlation);
+    buf.put_i16(CLIENT_ID.len() as i16);
+    buf.put_slice(CLIENT_ID.as_bytes());
+    put_uvarint(buf, 0);
+    // Body: transactional id (null), acks, timeout, one topic.
+    put_uvarint(buf, 0);
+    buf.put_i16(acks);
+    buf.put_i32(timeout_ms);
+    put_uvarint(buf, 2);
+    put_uvarint(buf, topic.len() as u64 + 1);
+    buf.put_slice(topic.as_bytes());
+    put_uvarint(buf, batches.len() as u64 + 1);
+    // Where each batch goes between the encoded bytes.
+    let mut cuts = Vec::with_capacity(batches.len());
+    for (i, (partition, records)) in batches.iter().enumerate() {
+        if i > 0 {
+            put_uvarint(buf, 0); // the previous partition's tagged fields
+        }
+        buf.put_i32(*partition);
+        put_uvarint(buf, records.len() as u64 + 1);
+        cuts.push(buf.len());
+    }
+    if !batches.is_empty() {
+        put_uvarint(buf, 0); // the last partition's tagged fields
+    }
+    put_uvarint(buf, 0); // the topic's
+    put_uvarint(buf, 0); // the request's
+    let size = buf.len() - 4 + batches.iter().map(|(_, b)| b.len()).sum::<usize>();
+    buf[..4].copy_from_slice(&(size as i32).to_be_bytes());
+    let encoded = buf.split().freeze();
+    let mut pieces = Vec::with_capacity(2 * batches.len() + 1);
+    let mut from = 0;
+    for (cut, (_, records)) in cuts.into_iter().zip(batches) {
+        pieces.push(encoded.slice(from..cut));
+        pieces.push(records.clone());
+        from = cut;
+    }
+    pieces.push(encoded.slice(from..));
+    pieces
+}
+
+fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.put_u8(v as u8);
+}
+
 fn encoding(api: &'static str, e: impl std::fmt::Display) -> Error {
     Error::Protocol {
         api,
@@ -315,4 +382,42 @@ pub fn list_offsets(conn: &mut Conn, topic: &str, partitions: &[i32], timestamp:
         }
     }
     Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::ProduceRequest;
+
+    /// kafka-protocol's encoder is the oracle: the pieces, joined, are the bytes it writes for
+    /// the same request, with one-byte and multi-byte lengths (a 200-byte topic name, batches of
+    /// 5 bytes and 100 KB).
+    #[test]
+    fn the_produce_pieces_join_into_kafka_protocols_encoding() {
+        for (topic, sizes) in [("t".to_owned(), vec![5]), ("x".repeat(200), vec![100_000, 5, 300])] {
+            let batches: Vec<(i32, Bytes)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (i as i32 * 7, Bytes::from((0..n).map(|b| b as u8).collect::<Vec<u8>>())))
+                .collect();
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(&topic)).with_partition_data(
+                    batches
+                        .iter()
+                        .map(|(p, b)| PartitionProduceData::default().with_index(*p).with_records(Some(b.clone())))
+                        .collect(),
+                )]);
+            let mut want = BytesMut::new();
+            encode_request(&mut want, ApiKey::Produce, PRODUCE_VERSION, 42, &request).unwrap();
+            let pieces = encode_produce(&mut BytesMut::new(), 42, &topic, -1, 30_000, &batches);
+            assert_eq!(pieces.len(), 2 * batches.len() + 1);
+            for (i, (_, b)) in batches.iter().enumerate() {
+                assert_eq!(pieces[2 * i + 1].as_ptr(), b.as_ptr(), "batch {i} is not copied");
+            }
+            assert_eq!(pieces.concat(), want.to_vec(), "topic of {} bytes, batches {sizes:?}", topic.len());
+        }
+    }
 }

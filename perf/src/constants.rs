@@ -13,6 +13,10 @@ pub const ACCUMULATOR_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// (`socket.request.max.bytes`); a few MiB amortise the request overhead already.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// `timeout_ms` of a produce request: how long the broker may wait for the acknowledgement
+/// (Kafka's `request.timeout.ms` default).
+pub const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+
 /// Largest response frame read. Fetch responses are asked for at most `FETCH_BYTES_MAX`; a
 /// frame far beyond that is a protocol error, not something to allocate.
 pub const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;

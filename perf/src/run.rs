@@ -16,7 +16,7 @@
 //! (consume mode). Partitions that got records move to the back of the next request.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write as _;
+use std::io::{IoSlice, Write as _};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceResponse};
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 
 use crate::batch::{walk_values, BatchBuilder, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
     ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX,
-    PARTITION_FETCH_BYTES_MAX, REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
+    PARTITION_FETCH_BYTES_MAX, PRODUCE_TIMEOUT_MS, REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
 };
 use crate::report::{Backlog, Point, Report, Throughput};
 use crate::stats::{wall_ns, Pacer, Sample};
@@ -602,25 +602,21 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
     let mut key_counter = ctx.id as u64;
     let mut rng: u64 = 0x2545_f491_4f6c_dd1d ^ ((ctx.id as u64 + 1) * 0x9e37_79b9);
     let linger_ns = w.linger_ms * 1_000_000;
-    let mut scratch = BytesMut::new();
     let mut frame = BytesMut::new();
     let mut local = Sample::default();
     let started = Instant::now();
     let mut last_flush = Instant::now();
     let mut waited_ns = 0u64;
 
-    let seal = |open: &mut Vec<OpenBatch>, sealed: &mut VecDeque<SealedBatch>, scratch: &mut BytesMut, p: usize| -> Result<()> {
+    let seal = |open: &mut Vec<OpenBatch>, sealed: &mut VecDeque<SealedBatch>, p: usize| -> Result<()> {
         let ob = &mut open[p];
-        if ob.builder.is_empty() {
-            return Ok(());
+        if let Some(bytes) = ob.builder.finish()? {
+            sealed.push_back(SealedBatch {
+                partition: p as i32,
+                bytes,
+                intended_ns: std::mem::take(&mut ob.intended_ns),
+            });
         }
-        scratch.clear();
-        ob.builder.finish(scratch)?;
-        sealed.push_back(SealedBatch {
-            partition: p as i32,
-            bytes: scratch.split().freeze(),
-            intended_ns: std::mem::take(&mut ob.intended_ns),
-        });
         Ok(())
     };
 
@@ -630,7 +626,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
         let now = wall_ns();
         if stopping {
             for p in open_list.drain(..) {
-                seal(&mut open, &mut sealed, &mut scratch, p)?;
+                seal(&mut open, &mut sealed, p)?;
             }
             if sealed.is_empty() {
                 break;
@@ -671,7 +667,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 // their bytes until generation stopped for good (keyed workloads stalled).
                 buffered_bytes += w.message_size;
                 if ob.builder.uncompressed_bytes() >= w.batch_bytes {
-                    seal(&mut open, &mut sealed, &mut scratch, p)?;
+                    seal(&mut open, &mut sealed, p)?;
                     open_list.retain(|&q| q != p);
                     if w.key_distributor == KeyDistributor::None {
                         sticky = (sticky + 1) % n;
@@ -688,7 +684,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 let p = open_list[i];
                 let can_send = acks == 0 || links[&ctx.leaders[p]].window.has_room();
                 if now.saturating_sub(open[p].opened_ns) >= linger_ns && can_send {
-                    seal(&mut open, &mut sealed, &mut scratch, p)?;
+                    seal(&mut open, &mut sealed, p)?;
                     open_list.swap_remove(i);
                     if w.key_distributor == KeyDistributor::None && p == sticky {
                         sticky = (sticky + 1) % n;
@@ -825,24 +821,9 @@ fn send_produce(
     shared: &Shared,
 ) -> Result<u64> {
     link.correlation = link.correlation.wrapping_add(1);
-    let request = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(client::topic_name(topic))
-            .with_partition_data(
-                batches
-                    .iter()
-                    .map(|b| {
-                        PartitionProduceData::default()
-                            .with_index(b.partition)
-                            .with_records(Some(b.bytes.clone()))
-                    })
-                    .collect(),
-            )]);
-    frame.clear();
-    client::encode_request(frame, ApiKey::Produce, PRODUCE_VERSION, link.correlation, &request)?;
-    let blocked_ns = send_counting_blocked(&mut link.stream, frame).map_err(|source| Error::Io {
+    let parts: Vec<(i32, Bytes)> = batches.iter().map(|b| (b.partition, b.bytes.clone())).collect();
+    let pieces = client::encode_produce(frame, link.correlation, topic, acks, PRODUCE_TIMEOUT_MS, &parts);
+    let blocked_ns = send_counting_blocked(&mut link.stream, &pieces).map_err(|source| Error::Io {
         op: "sending a produce request to",
         addr: link.addr.clone(),
         source,
@@ -876,26 +857,35 @@ fn send_produce(
     Ok(blocked_ns)
 }
 
-/// Writes all of `frame`, and returns the nanoseconds spent blocked because the socket's send
-/// buffer was full: the broker was not reading, so the producer waited for it as it does for a
-/// free in-flight slot. What the socket takes at once is copied without blocking and not
-/// counted; only after a send that would block does the rest go out blocking, timed.
-fn send_counting_blocked(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<u64> {
-    let mut sent = 0;
-    while sent < frame.len() {
-        match rustix::net::send(&*stream, &frame[sent..], rustix::net::SendFlags::DONTWAIT) {
-            Ok(n) => sent += n,
+/// Writes all of `pieces` (one frame, in order, with vectored sends), and returns the
+/// nanoseconds spent blocked because the socket's send buffer was full: the broker was not
+/// reading, so the producer waited for it as it does for a free in-flight slot. What the socket
+/// takes at once is copied without blocking and not counted; only after a send that would block
+/// does the rest go out blocking, timed.
+fn send_counting_blocked(stream: &mut TcpStream, pieces: &[Bytes]) -> std::io::Result<u64> {
+    let mut all: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut all[..];
+    let mut blocked: Option<Instant> = None;
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let flags = match blocked {
+            None => SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            Some(_) => SendFlags::NOSIGNAL,
+        };
+        let batch = slices.len().min(IOV_MAX);
+        match rustix::net::sendmsg(&*stream, &slices[..batch], &mut SendAncillaryBuffer::default(), flags) {
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
             Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let blocked = Instant::now();
-                stream.write_all(&frame[sent..])?;
-                return Ok(blocked.elapsed().as_nanos() as u64);
-            }
+            Err(rustix::io::Errno::WOULDBLOCK) if blocked.is_none() => blocked = Some(Instant::now()),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(0)
+    Ok(blocked.map_or(0, |t| t.elapsed().as_nanos() as u64))
 }
+
+/// At most this many pieces go to one `sendmsg` (Linux's `UIO_MAXIOV`): a request to 1,000
+/// partitions has 2,001.
+const IOV_MAX: usize = 1024;
 
 struct ReaderCtx {
     stream: TcpStream,
@@ -1123,13 +1113,21 @@ mod tests {
     #[test]
     fn only_a_send_that_waits_for_a_full_socket_counts_as_waiting_for_the_broker() {
         let (mut stream, reader) = reader_after(Duration::ZERO);
-        assert_eq!(send_counting_blocked(&mut stream, &[7u8; 100]).unwrap(), 0);
+        assert_eq!(send_counting_blocked(&mut stream, &[Bytes::from_static(&[7u8; 100])]).unwrap(), 0);
         drop(stream);
         assert_eq!(reader.join().unwrap(), 100);
 
-        let big = vec![7u8; tcp_buffers_max_bytes() + (1 << 20)];
+        // In 3,000 pieces, more than one sendmsg takes, some of them empty.
+        let big = Bytes::from(vec![7u8; tcp_buffers_max_bytes() + (1 << 20)]);
+        let step = big.len() / 1500;
+        let pieces: Vec<Bytes> = (0..1500)
+            .flat_map(|i| {
+                let end = if i == 1499 { big.len() } else { (i + 1) * step };
+                [big.slice(i * step..end), Bytes::new()]
+            })
+            .collect();
         let (mut stream, reader) = reader_after(Duration::from_millis(200));
-        assert!(send_counting_blocked(&mut stream, &big).unwrap() > 0);
+        assert!(send_counting_blocked(&mut stream, &pieces).unwrap() > 0);
         drop(stream);
         assert_eq!(reader.join().unwrap(), big.len());
     }
