@@ -268,9 +268,18 @@ fn kcat_every_compression_codec() {
 
         for (p, records) in &expected {
             let batches = raw_batches(&b, &topic, *p);
+            // librdkafka may send a batch of one record plain: it drops compression that does
+            // not shrink the batch, and here kcat sent lone records of 80 to 1,000 repetitive
+            // bytes plain with gzip, snappy and lz4 in 12 tries of 12. A CI run got a short
+            // lone first record that way with zstd. Every batch of several records is the
+            // client's compressed batch, stored as it came.
             assert!(
-                batches.iter().all(|&(_, _, c)| c == id),
+                batches.iter().all(|&(_, n, c)| c == id || (n == 1 && c == 0)),
                 "{codec}: batches of partition {p} not all stored with codec {id}: {batches:?}"
+            );
+            assert!(
+                batches.iter().any(|&(_, n, c)| n > 1 && c == id),
+                "{codec}: no batch of several records in partition {p} stored with codec {id}: {batches:?}"
             );
             assert!(
                 batches.len() < records.len(),
