@@ -82,3 +82,7 @@ const _: () = assert!(BATCH_BYTES_MAX <= REQUEST_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!((PARTITION_FETCH_BYTES_MAX as usize) <= (FETCH_BYTES_MAX as usize));
 const _: () = assert!(FETCH_BYTES_MAX as usize <= RESPONSE_BYTES_MAX);
+
+/// Largest key space whose keys and partitions are computed once, before a run, rather than
+/// per message (`keys`): a million keys take about 18 MB, shared by all producers.
+pub const KEY_TABLE_KEYS_MAX: u64 = 1 << 20;

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod client;
 pub mod constants;
 mod error;
+pub mod keys;
 pub mod report;
 pub mod run;
 pub mod stats;

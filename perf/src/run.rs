@@ -35,6 +35,7 @@ use crate::constants::{
     ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX,
     PARTITION_FETCH_BYTES_MAX, PRODUCE_TIMEOUT_MS, REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
 };
+use crate::keys::{Keys, KEY_BYTES_MAX};
 use crate::report::{Backlog, Point, Report, Throughput};
 use crate::stats::{wall_ns, Pacer, Sample};
 use crate::workload::{KeyDistributor, Mode, Workload};
@@ -112,6 +113,8 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
 
     let shared = Arc::new(Shared::default());
     let payload = Arc::new(payload(w.message_size - 8));
+    let keyed = w.key_distributor != KeyDistributor::None;
+    let keys = Arc::new(Keys::new(if keyed { w.key_space } else { 0 }, w.partitions_per_topic as usize));
     let producers_total = (w.topics * w.producers_per_topic) as f64;
     let rate_per_producer = rate as f64 / producers_total;
     let mut ticker = Ticker::new(opts.progress);
@@ -129,6 +132,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
                     pacer: Pacer::new(start_ns, rate_per_producer),
                     shared: shared.clone(),
                     payload: payload.clone(),
+                    keys: keys.clone(),
                 };
                 let name = format!("producer-{t}-{p}");
                 handles.push(spawn(name, move || producer(ctx)));
@@ -508,6 +512,8 @@ struct ProducerCtx {
     pacer: Pacer,
     shared: Arc<Shared>,
     payload: Arc<Vec<u8>>,
+    /// Message keys and their partitions (keyed workloads).
+    keys: Arc<Keys>,
 }
 
 /// A sealed batch waiting to be sent, then waiting for its acknowledgement.
@@ -633,10 +639,10 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
             }
         } else {
             let mut generated = 0;
-            let mut key_buf = [0u8; 20];
+            let mut key_buf = [0u8; KEY_BYTES_MAX];
             while generated < MESSAGES_PER_PASS_MAX && buffered_bytes < ACCUMULATOR_BYTES_MAX {
                 let Some(intended) = ctx.pacer.next_due(now) else { break };
-                let (p, key_len) = match w.key_distributor {
+                let (p, key) = match w.key_distributor {
                     KeyDistributor::None => (sticky, None),
                     KeyDistributor::RoundRobin | KeyDistributor::Random => {
                         let k = if w.key_distributor == KeyDistributor::RoundRobin {
@@ -648,10 +654,8 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                             rng ^= rng << 17;
                             rng % w.key_space
                         };
-                        let mut cursor = &mut key_buf[..];
-                        let _ = write!(cursor, "key-{k}");
-                        let len = 20 - cursor.len();
-                        ((crc32c::crc32c(&key_buf[..len]) as usize) % n, Some(len))
+                        let (key, p) = ctx.keys.get(k, &mut key_buf);
+                        (p, Some(key))
                     }
                 };
                 let ob = &mut open[p];
@@ -660,7 +664,6 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                     open_list.push(p);
                 }
                 let stamp = intended.to_be_bytes();
-                let key = key_len.map(|l| &key_buf[..l]);
                 ob.builder.append((intended / 1_000_000) as i64, key, &[&stamp, &ctx.payload]);
                 ob.intended_ns.push(intended);
                 // Value bytes only, exactly what sending gives back: counting keys here leaked
