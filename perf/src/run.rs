@@ -593,13 +593,18 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
             },
         );
     }
+    // A batch is sealed once it reaches `batch_bytes`, so it holds at most one record more.
+    let record_bytes_max = w.message_size + KEY_BYTES_MAX + RECORD_OVERHEAD_BYTES_MAX;
+    let batch_capacity = w.batch_bytes + record_bytes_max;
     let mut open: Vec<OpenBatch> = (0..n)
         .map(|_| OpenBatch {
-            builder: BatchBuilder::new(w.compression),
+            builder: BatchBuilder::with_capacity(w.compression, batch_capacity),
             intended_ns: Vec::new(),
             opened_ns: 0,
         })
         .collect();
+    // Intended send times per batch, reserved likewise.
+    let times_per_batch = w.batch_bytes / w.message_size.max(1) + 1;
     // Partitions with an open, non-empty batch, so linger checks do not scan them all.
     let mut open_list: Vec<usize> = Vec::new();
     let mut sealed: VecDeque<SealedBatch> = VecDeque::new();
@@ -661,6 +666,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 let ob = &mut open[p];
                 if ob.builder.is_empty() {
                     ob.opened_ns = now;
+                    ob.intended_ns.reserve(times_per_batch);
                     open_list.push(p);
                 }
                 let stamp = intended.to_be_bytes();
