@@ -660,7 +660,9 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                             rng % w.key_space
                         };
                         let (key, p) = ctx.keys.get(k, &mut key_buf);
-                        (p, Some(key))
+                        // The same as `p` when the topic has the partitions the workload asked
+                        // for (the keys are computed for those); within range if not.
+                        (p % n, Some(key))
                     }
                 };
                 let ob = &mut open[p];
