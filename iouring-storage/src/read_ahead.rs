@@ -14,9 +14,9 @@
 //! consumer asks again) and is served from the same windows, which it keeps. From a stream's
 //! first continuing read on, it keeps up to `READ_AHEAD_WINDOWS_MAX` windows of the segment
 //! read ahead of it in the background, each starting at the first batch the window before it
-//! does not hold whole, so no byte is read twice but for alignment. Reads are served from a window's buffer without a copy; a read
-//! near a window's end may return fewer bytes than asked (whole batches only), and the next
-//! read continues in the next window.
+//! does not hold whole, so no byte is read twice but for alignment. Reads are served from a
+//! window's buffer without a copy; a read near a window's end may return fewer bytes than
+//! asked (whole batches only), and the next read continues in the next window.
 //!
 //! What a window holds is what was durable in its segment when it was read, and segment bytes
 //! below the durable end never change except by truncation or a compaction rewrite, which
@@ -386,10 +386,14 @@ impl ReadAhead {
             s.sequential = true;
             return Some(s);
         }
-        let i = self.streams.iter().position(|s| s.last_start.is_some_and(|(o, _)| o == offset))?;
+        let (i, pos) = self
+            .streams
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.last_start.filter(|&(o, _)| o == offset).map(|(_, pos)| (i, pos)))?;
         let mut s = self.streams.remove(i);
-        let (o, pos) = s.last_start.take().expect("matched on it");
-        s.next_offset = o;
+        s.last_start = None;
+        s.next_offset = offset;
         s.next_pos = pos;
         Some(s)
     }
