@@ -15,7 +15,7 @@
 //! itself (no consumer group), starting at the latest offset (end-to-end) or the earliest
 //! (consume mode). Partitions that got records move to the back of the next request.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{IoSlice, Write as _};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -1045,7 +1045,7 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                 });
             }
             let mut count = 0;
-            let mut served = Vec::new();
+            let mut served = HashSet::new();
             for t in &response.responses {
                 for p in &t.partitions {
                     if p.error_code != 0 {
@@ -1065,7 +1065,7 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                     })?;
                     if let Some(next) = walked.next_offset {
                         positions.insert(p.partition_index, next);
-                        served.push(p.partition_index);
+                        served.insert(p.partition_index);
                     }
                     local.consumed_messages += walked.records;
                     local.consumed_bytes += walked.value_bytes;
