@@ -175,6 +175,8 @@ fn run(a: RunArgs) -> Result<()> {
         a.workloads.clone()
     };
     let infos: Vec<WorkloadInfo> = workloads.iter().map(|p| WorkloadInfo::load(p)).collect::<Result<_>>()?;
+    // Checked before minutes of measuring.
+    let soak_workload = soak_workload(&infos, a.soak_minutes)?.map(|i| (&workloads[i], &infos[i]));
     let (broker_bin, perf_bin) = binaries(a.no_build)?;
     let out = a.out.clone().unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
@@ -303,12 +305,7 @@ fn run(a: RunArgs) -> Result<()> {
             }
         }
     }
-    if a.soak_minutes > 0 {
-        let (path, info) = workloads
-            .iter()
-            .zip(&infos)
-            .find(|(_, i)| i.rate_of_max.is_some())
-            .context("--soak-minutes needs a workload with rate_of_max")?;
+    if let Some((path, info)) = soak_workload {
         let rate = resolve_rate(info, &runs, &infos)?;
         let soak = RunArgs {
             duration_s: Some(a.soak_minutes * 60),
@@ -505,9 +502,36 @@ fn run_perf(
     })
 }
 
+/// Which workload a soak of `minutes` repeats: the first at a fixed share of a maximum, `None`
+/// without a soak.
+fn soak_workload(infos: &[WorkloadInfo], minutes: u64) -> Result<Option<usize>> {
+    if minutes == 0 {
+        return Ok(None);
+    }
+    let i = infos
+        .iter()
+        .position(|i| i.rate_of_max.is_some())
+        .context("--soak-minutes needs a workload with rate_of_max (such as 2-fixed-rate-latency.toml) and the maximum it is a share of")?;
+    Ok(Some(i))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{file_safe, peer_name};
+    use super::{file_safe, peer_name, soak_workload};
+
+    #[test]
+    fn a_soak_repeats_the_first_fixed_share_workload_and_refuses_without_one() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let load = |f: &str| super::WorkloadInfo::load(&dir.join(f)).unwrap();
+        let max = load("1-max-throughput.toml");
+        let fixed = load("2-fixed-rate-latency.toml");
+        let infos = [max.clone(), fixed.clone(), fixed];
+        assert_eq!(soak_workload(&infos, 10).unwrap(), Some(1));
+        assert_eq!(soak_workload(&infos, 0).unwrap(), None);
+        let err = soak_workload(std::slice::from_ref(&max), 10).unwrap_err();
+        assert!(err.to_string().contains("rate_of_max"), "{err}");
+        assert_eq!(soak_workload(&[max], 0).unwrap(), None, "no soak asked, nothing to refuse");
+    }
 
     #[test]
     fn a_peer_is_named_by_its_command_unless_named() {
