@@ -224,21 +224,21 @@ impl BatchBuilder {
 }
 
 fn put_varint(buf: &mut impl BufMut, v: i32) {
-    let mut z = ((v << 1) ^ (v >> 31)) as u32;
-    while z >= 0x80 {
-        buf.put_u8((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.put_u8(z as u8);
+    put_uvarint(buf, ((v << 1) ^ (v >> 31)) as u32 as u64);
 }
 
 fn put_varlong(buf: &mut impl BufMut, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        buf.put_u8((z as u8) | 0x80);
-        z >>= 7;
+    put_uvarint(buf, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// An unsigned varint: the zigzag varints of records, and the compact lengths and
+/// tagged-field counts of flexible protocol versions.
+pub(crate) fn put_uvarint(buf: &mut impl BufMut, mut v: u64) {
+    while v >= 0x80 {
+        buf.put_u8((v as u8) | 0x80);
+        v >>= 7;
     }
-    buf.put_u8(z as u8);
+    buf.put_u8(v as u8);
 }
 
 /// Reads a zigzag varint of at most `max_bytes`; `None` if truncated or too long.

@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::batch::put_uvarint;
 use crate::constants::{RESPONSE_BYTES_MAX, SOCKET_TIMEOUT_MS, TOPIC_READY_TIMEOUT_MS};
 use crate::{Error, Result};
 
@@ -134,15 +135,6 @@ pub fn encode_produce(
     }
     pieces.push(encoded.slice(from..));
     Ok(pieces)
-}
-
-/// An unsigned varint, as the flexible versions' compact lengths and tagged-field counts use.
-fn put_uvarint(buf: &mut BytesMut, mut v: u64) {
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
 }
 
 fn encoding(api: &'static str, e: impl std::fmt::Display) -> Error {
