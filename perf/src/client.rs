@@ -82,13 +82,13 @@ pub fn encode_request<R: Encodable>(buf: &mut BytesMut, key: ApiKey, version: i1
 /// header goes through kafka-protocol; the body is written here (its field encoders are
 /// private to the crate). `encode_request` of the same `ProduceRequest` gives the same bytes
 /// (tested).
-pub fn encode_produce(
+pub fn encode_produce<'a>(
     buf: &mut BytesMut,
     correlation: i32,
     topic: &str,
     acks: i16,
     timeout_ms: i32,
-    batches: &[(i32, Bytes)],
+    batches: impl ExactSizeIterator<Item = (i32, &'a Bytes)> + Clone,
 ) -> Result<Vec<Bytes>> {
     buf.clear();
     buf.put_i32(0); // size, filled below
@@ -110,23 +110,25 @@ pub fn encode_produce(
     put_uvarint(buf, batches.len() as u64 + 1);
     // Where each batch goes between the encoded bytes.
     let mut cuts = Vec::with_capacity(batches.len());
-    for (i, (partition, records)) in batches.iter().enumerate() {
+    let mut records_bytes = 0;
+    for (i, (partition, records)) in batches.clone().enumerate() {
         if i > 0 {
             put_uvarint(buf, 0); // the previous partition's tagged fields
         }
-        buf.put_i32(*partition);
+        buf.put_i32(partition);
         put_uvarint(buf, records.len() as u64 + 1);
         cuts.push(buf.len());
+        records_bytes += records.len();
     }
-    if !batches.is_empty() {
+    if !cuts.is_empty() {
         put_uvarint(buf, 0); // the last partition's tagged fields
     }
     put_uvarint(buf, 0); // the topic's
     put_uvarint(buf, 0); // the request's
-    let size = buf.len() - 4 + batches.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let size = buf.len() - 4 + records_bytes;
     buf[..4].copy_from_slice(&(size as i32).to_be_bytes());
     let encoded = buf.split().freeze();
-    let mut pieces = Vec::with_capacity(2 * batches.len() + 1);
+    let mut pieces = Vec::with_capacity(2 * cuts.len() + 1);
     let mut from = 0;
     for (cut, (_, records)) in cuts.into_iter().zip(batches) {
         pieces.push(encoded.slice(from..cut));
@@ -408,7 +410,7 @@ mod tests {
                 )]);
             let mut want = BytesMut::new();
             encode_request(&mut want, ApiKey::Produce, PRODUCE_VERSION, 42, &request).unwrap();
-            let pieces = encode_produce(&mut BytesMut::new(), 42, &topic, -1, 30_000, &batches).unwrap();
+            let pieces = encode_produce(&mut BytesMut::new(), 42, &topic, -1, 30_000, batches.iter().map(|(p, b)| (*p, b))).unwrap();
             assert_eq!(pieces.len(), 2 * batches.len() + 1);
             for (i, (_, b)) in batches.iter().enumerate() {
                 assert_eq!(pieces[2 * i + 1].as_ptr(), b.as_ptr(), "batch {i} is not copied");

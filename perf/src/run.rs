@@ -832,8 +832,8 @@ fn send_produce(
     shared: &Shared,
 ) -> Result<u64> {
     link.correlation = link.correlation.wrapping_add(1);
-    let parts: Vec<(i32, Bytes)> = batches.iter().map(|b| (b.partition, b.bytes.clone())).collect();
-    let pieces = client::encode_produce(frame, link.correlation, topic, acks, PRODUCE_TIMEOUT_MS, &parts)?;
+    let parts = batches.iter().map(|b| (b.partition, &b.bytes));
+    let pieces = client::encode_produce(frame, link.correlation, topic, acks, PRODUCE_TIMEOUT_MS, parts)?;
     let blocked_ns = send_counting_blocked(&mut link.stream, &pieces).map_err(|source| Error::Io {
         op: "sending a produce request to",
         addr: link.addr.clone(),
