@@ -877,7 +877,6 @@ fn send_counting_blocked(stream: &mut TcpStream, pieces: &[Bytes]) -> std::io::R
     let mut all: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
     let mut slices = &mut all[..];
     let mut blocked: Option<Instant> = None;
-    IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         let flags = match blocked {
             None => SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
