@@ -936,7 +936,7 @@ fn reader(mut r: ReaderCtx) -> Result<()> {
             if let Some((_, code)) = failed.iter().find(|(p, _)| *p == b.partition) {
                 local.publish_errors += count;
                 r.shared
-                    .note_error(format!("produce to partition {}: error code {code}", b.partition));
+                    .note_error(format!("produce to partition {}: {}", b.partition, crate::error::code_name(*code)));
                 continue;
             }
             for &t in &b.intended_ns {
