@@ -45,7 +45,16 @@
 //! tmpfs), `concurrency`, `reps`, `secs`, `sizes` (comma-separated batch bytes), and the log's
 //! `write_buffer_bytes`, `writes_in_flight_max`, `preallocate_step_bytes`, `segment_bytes`;
 //! `context 0` skips the raw 1 MiB context figures and `frontier 0` the durable frontier and the
-//! producer sweep, to try knobs faster; `sweep` (comma-separated producer counts) sets the sweep.
+//! producer sweep, to try knobs faster; `sweep` (comma-separated producer counts) sets the sweep;
+//! `pattern 0` skips the broker's pattern (below).
+//!
+//! The broker's pattern: the broker's maximum-throughput workload replayed on the log alone,
+//! with no network and no broker between. One executor per core, pinned, each with 8 logs and
+//! 16 producers per log appending 128 KiB batches (16 partitions on 2 cores, 2 MiB outstanding
+//! per partition, as bench-harness's `1-max-throughput.toml` leaves them). Each repetition first
+//! measures the raw append bench-harness quotes the broker against (1 MiB writes, 4 in flight)
+//! on one core, then the pattern on all of them; the report gives both, their ratio, and the
+//! logs' commit rate, size and fdatasync time.
 //!
 //! Output: a Markdown report on stdout and JSON in `<target>/bench-reports/append_throughput.json`
 //! (`append_throughput.smoke.json` for the smoke run), where `<target>` is `CARGO_TARGET_DIR` or
@@ -83,6 +92,15 @@ const CONTEXT_WRITE_BYTES: usize = 1024 * 1024;
 /// from one producer to sixteen.
 const FRONTIER_GROUPS_MIB: [usize; 4] = [1, 2, 4, 8];
 const FRONTIER_DEPTHS: [usize; 3] = [1, 2, 4];
+
+/// The broker's maximum-throughput workload replayed on the log alone, one executor per core:
+/// 16 partitions over 2 cores, each taking a 128 KiB batch from each of 2 producers' 8
+/// in-flight requests, so about 2 MiB outstanding per partition. Beside it, the raw append the
+/// broker's figure is quoted against (bench-harness: 1 MiB writes, 4 in flight).
+const PATTERN_LOGS_PER_CORE: usize = 8;
+const PATTERN_PRODUCERS_PER_LOG: usize = 16;
+const PATTERN_BATCH_BYTES: usize = 128 * 1024;
+const PATTERN_RAW_DEPTH: usize = 4;
 
 /// Targets from the issue.
 const TARGET_BANDWIDTH_RATIO_MIN: f64 = 0.90;
@@ -129,6 +147,8 @@ struct Settings {
     frontier: bool,
     /// Producer counts of the sweep.
     sweep: Vec<usize>,
+    /// Whether to replay the broker's maximum-throughput pattern on every core.
+    pattern: bool,
 }
 
 impl Settings {
@@ -193,6 +213,7 @@ impl Settings {
             context: parse::<u8>("context", knob("context"), 1)? != 0,
             frontier: parse::<u8>("frontier", knob("frontier"), 1)? != 0,
             sweep,
+            pattern: parse::<u8>("pattern", knob("pattern"), 1)? != 0,
         };
         if smoke {
             // Tiny buffers, steps and segments so a few batches take the buffer-full, preallocate
@@ -205,6 +226,7 @@ impl Settings {
             s.context = true;
             s.frontier = true;
             s.sweep = vec![2];
+            s.pattern = true;
         }
         if s.concurrency == 0 || s.sweep.contains(&0) || s.reps == 0 || !s.secs.is_finite() || s.secs <= 0.0 || s.writes_in_flight_max == 0
         {
@@ -722,6 +744,213 @@ async fn verify_reopened(config: LogConfig, acked_end: u64, acks: u64, batch_byt
     log.close().await.ctx("closing the reopened log")
 }
 
+/// Every repetition of the broker's pattern, with the raw append measured just before each.
+#[derive(Debug, Default)]
+struct PatternReps {
+    cores: Vec<usize>,
+    raw_mbps: Vec<f64>,
+    log_mbps: Vec<f64>,
+    /// Group commits per log per second, their mean size in bytes and mean fdatasync in µs.
+    commits_per_log_s: Vec<f64>,
+    commit_bytes: Vec<f64>,
+    fdatasync_us: Vec<f64>,
+}
+
+/// What one core's logs did in one repetition of the pattern.
+struct PatternCore {
+    bytes: u64,
+    elapsed: Duration,
+    commits: u64,
+    committed_bytes: u64,
+    fsync_us: u64,
+}
+
+/// One core's share of the pattern: `logs` fresh logs under `dir`, `producers` tasks each
+/// appending `batch_bytes` batches and waiting for each to be durable, for `secs`.
+async fn pattern_core(s: &Settings, dir: &Path, logs: usize, producers: usize, batch_bytes: usize) -> Res<PatternCore> {
+    let batch = Rc::new(build_batch(
+        (batch_bytes / 1024).max(1) as i32,
+        batch_bytes - iouring_storage::constants::BATCH_HEADER_BYTES,
+        NOW_MS,
+        NOW_MS,
+    ));
+    let mut opened = Vec::with_capacity(logs);
+    for l in 0..logs {
+        let log_dir = dir.join(format!("log{l}"));
+        opened.push(PartitionLog::open(s.log_config(&log_dir, batch_bytes)).await.ctx("opening a log")?);
+    }
+    let secs = s.duration();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(logs * producers);
+    for log in &opened {
+        for _ in 0..producers {
+            let (log, batch) = (log.clone(), batch.clone());
+            tasks.push(glommio::spawn_local(async move {
+                let mut bytes = 0u64;
+                loop {
+                    let info = log.append(&batch, 0, NOW_MS).await.ctx("append")?;
+                    let durable = log.wait_durable(info.last_offset + 1).await.ctx("wait_durable")?;
+                    if durable <= info.last_offset {
+                        return Err(format!(
+                            "wait_durable returned {durable} for a batch ending at {}",
+                            info.last_offset
+                        ));
+                    }
+                    bytes += batch.len() as u64;
+                    if start.elapsed() >= secs {
+                        return Res::Ok(bytes);
+                    }
+                }
+            }));
+        }
+    }
+    let mut bytes = 0;
+    for t in tasks {
+        bytes += t.await?;
+    }
+    let elapsed = start.elapsed();
+    let (mut commits, mut committed_bytes, mut fsync_us) = (0, 0, 0);
+    for log in opened {
+        let st = log.stats();
+        commits += st.group_commits;
+        committed_bytes += st.committed_bytes;
+        fsync_us += st.fsync_us_total;
+        log.close().await.ctx("closing a log")?;
+    }
+    Ok(PatternCore {
+        bytes,
+        elapsed,
+        commits,
+        committed_bytes,
+        fsync_us,
+    })
+}
+
+/// Runs `f` on a glommio executor pinned to `cpu` and waits for it.
+fn on_cpu<T, F, Fut>(cpu: usize, name: &str, f: F) -> Res<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Res<T>> + 'static,
+{
+    spawn_on_cpu(cpu, name, f)?.join().ctx(format!("executor {name} failed"))?
+}
+
+fn spawn_on_cpu<T, F, Fut>(cpu: usize, name: &str, f: F) -> Res<glommio::ExecutorJoinHandle<Res<T>>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Res<T>> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+        .name(name)
+        .spawn(move || async move { f().await })
+        .ctx(format!("starting executor {name}"))
+}
+
+/// The broker's pattern on every online core, `s.reps` times, each after a raw append.
+fn measure_pattern(s: &Settings) -> Res<PatternReps> {
+    let cores: Vec<usize> = glommio::CpuSet::online()
+        .ctx("listing online cores")?
+        .into_iter()
+        .map(|l| l.cpu)
+        .collect();
+    let (logs, producers) = if s.smoke {
+        (2, 2)
+    } else {
+        (PATTERN_LOGS_PER_CORE, PATTERN_PRODUCERS_PER_LOG)
+    };
+    let mut reps = PatternReps {
+        cores: cores.clone(),
+        ..PatternReps::default()
+    };
+    for rep in 0..s.reps {
+        eprintln!(
+            "rep {}/{}: the broker's pattern, {} cores x {logs} logs x {producers} producers",
+            rep + 1,
+            s.reps,
+            cores.len()
+        );
+        let d = scratch(&s.dir, "pattern-raw")?;
+        let (path, step, secs) = (d.path().join("bw"), s.preallocate_step_bytes, s.duration());
+        let raw = on_cpu(cores[0], "pattern-raw", move || async move {
+            raw_bandwidth(&path, CONTEXT_WRITE_BYTES, PATTERN_RAW_DEPTH, Some(step), secs).await
+        })?;
+        drop(d);
+        let d = scratch(&s.dir, "pattern")?;
+        let handles = cores
+            .iter()
+            .map(|&cpu| {
+                let (s, dir) = (s.clone(), d.path().join(format!("cpu{cpu}")));
+                spawn_on_cpu(cpu, &format!("pattern-{cpu}"), move || async move {
+                    pattern_core(&s, &dir, logs, producers, PATTERN_BATCH_BYTES).await
+                })
+            })
+            .collect::<Res<Vec<_>>>()?;
+        let mut runs = Vec::with_capacity(handles.len());
+        for h in handles {
+            runs.push(h.join().ctx("a pattern executor failed")??);
+        }
+        drop(d);
+        let bytes: u64 = runs.iter().map(|r| r.bytes).sum();
+        let elapsed = runs.iter().map(|r| r.elapsed).max().unwrap_or_default().as_secs_f64();
+        let commits: u64 = runs.iter().map(|r| r.commits).sum::<u64>().max(1);
+        reps.raw_mbps.push(raw);
+        reps.log_mbps.push(bytes as f64 / elapsed / 1e6);
+        reps.commits_per_log_s.push(commits as f64 / elapsed / (logs * cores.len()) as f64);
+        reps.commit_bytes
+            .push(runs.iter().map(|r| r.committed_bytes).sum::<u64>() as f64 / commits as f64);
+        reps.fdatasync_us
+            .push(runs.iter().map(|r| r.fsync_us).sum::<u64>() as f64 / commits as f64);
+    }
+    Ok(reps)
+}
+
+/// The broker's pattern as a Markdown section and its JSON.
+fn report_pattern(md: &mut String, p: &PatternReps, smoke: bool) -> Value {
+    let (logs, producers) = if smoke {
+        (2, 2)
+    } else {
+        (PATTERN_LOGS_PER_CORE, PATTERN_PRODUCERS_PER_LOG)
+    };
+    let (raw, log) = (median(&p.raw_mbps), median(&p.log_mbps));
+    let _ = writeln!(
+        md,
+        "\n### The broker's pattern: {} cores x {logs} logs x {producers} producers, {} batches\n\n\
+         The broker's maximum-throughput workload on the log alone (no network, no broker). \
+         Raw: 1 MiB writes, {PATTERN_RAW_DEPTH} in flight, on one core, just before each repetition \
+         (bench-harness quotes the broker against this).\n\n\
+         | raw MB/s | log MB/s | log / raw | commits per log per s | mean commit | mean fdatasync ms | log / raw by repetition |\n\
+         |---:|---:|---:|---:|---:|---:|---|",
+        p.cores.len(),
+        human_bytes(PATTERN_BATCH_BYTES)
+    );
+    let by_rep: Vec<String> = p.log_mbps.iter().zip(&p.raw_mbps).map(|(l, r)| format!("{:.2}", l / r)).collect();
+    let _ = writeln!(
+        md,
+        "| {raw:.0} | {log:.0} | {:.2} | {:.0} | {:.0} KB | {:.2} | {} |",
+        log / raw,
+        median(&p.commits_per_log_s),
+        median(&p.commit_bytes) / 1e3,
+        median(&p.fdatasync_us) / 1e3,
+        by_rep.join(", ")
+    );
+    json!({
+        "cores": p.cores,
+        "logs_per_core": logs,
+        "producers_per_log": producers,
+        "batch_bytes": PATTERN_BATCH_BYTES,
+        "raw_write_bytes": CONTEXT_WRITE_BYTES,
+        "raw_depth": PATTERN_RAW_DEPTH,
+        "raw_mbps": { "median": raw, "reps": p.raw_mbps },
+        "log_mbps": { "median": log, "reps": p.log_mbps },
+        "log_to_raw": log / raw,
+        "commits_per_log_per_s": { "median": median(&p.commits_per_log_s), "reps": p.commits_per_log_s },
+        "mean_commit_bytes": { "median": median(&p.commit_bytes), "reps": p.commit_bytes },
+        "mean_fdatasync_us": { "median": median(&p.fdatasync_us), "reps": p.fdatasync_us },
+    })
+}
+
 /// A fresh directory for one measurement, removed when dropped.
 fn scratch(base: &Path, name: &str) -> Res<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -877,7 +1106,7 @@ fn pass(ok: bool) -> &'static str {
 }
 
 /// The Markdown report and its JSON twin.
-fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Value) {
+fn report(s: &Settings, m: &Measurements, pattern: Option<&PatternReps>, fs: &(String, String)) -> (String, Value) {
     let mut md = String::new();
     let depth = s.writes_in_flight_max;
     let _ = writeln!(md, "## iouring-storage append throughput under group commit\n");
@@ -1073,6 +1302,8 @@ fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Val
         }
     }
 
+    let pattern_json = pattern.map(|p| report_pattern(&mut md, p, s.smoke));
+
     let _ = writeln!(md, "\n### Targets\n\n| target | measured | goal | result |\n|---|---:|---:|---|");
     let mut targets_json = Vec::new();
     if let Some(sz) = m.sizes.iter().find(|sz| sz.batch_bytes == TARGET_BANDWIDTH_BATCH_BYTES) {
@@ -1145,6 +1376,7 @@ fn report(s: &Settings, m: &Measurements, fs: &(String, String)) -> (String, Val
         "raw_1mib_context": context_json,
         "durable_frontier_1mib": frontier_json,
         "log_producer_sweep_1mib": sweep_json,
+        "broker_pattern": pattern_json,
         "targets": targets_json,
     });
     (md, json)
@@ -1194,7 +1426,8 @@ fn run() -> Res<()> {
         .join()
         // `spawn` succeeds even when the reactor cannot start; the error shows here.
         .ctx("glommio executor failed (RLIMIT_MEMLOCK too low, or io_uring blocked?)")??;
-    let (md, json) = report(&s, &measured, &fs);
+    let pattern = if s.pattern { Some(measure_pattern(&s)?) } else { None };
+    let (md, json) = report(&s, &measured, pattern.as_ref(), &fs);
     println!("{md}");
     if let Some(parent) = s.report_path.parent() {
         std::fs::create_dir_all(parent).ctx(format!("creating {}", parent.display()))?;
