@@ -189,30 +189,16 @@ impl BatchBuilder {
         h.put_i16(-1);
         h.put_i32(-1);
         h.put_i32(self.count);
-        let mut out = if self.compression == Compression::None {
-            let mut out = self.buf.split();
-            out[..HEADER_BYTES].copy_from_slice(&header);
-            out
-        } else {
-            let mut out = BytesMut::with_capacity(self.buf.len() / 2);
-            out.extend_from_slice(&header);
-            let records = &self.buf[HEADER_BYTES..];
-            // kafka-protocol's compressors take a closure that fills their input buffer.
-            let fill = |b: &mut BytesMut| {
-                b.extend_from_slice(records);
-                Ok(())
-            };
-            let compressed = match self.compression {
-                // Taken above, in place; here it would be a plain copy.
-                Compression::None => fill(&mut out),
-                Compression::Gzip => Gzip::compress(&mut out, fill),
-                Compression::Snappy => Snappy::compress(&mut out, fill),
-                Compression::Lz4 => Lz4::compress(&mut out, fill),
-                Compression::Zstd => Zstd::compress(&mut out, fill),
-            };
-            compressed.map_err(|e| Error::Batch(format!("compressing with {:?}: {e}", self.compression)))?;
-            self.buf.clear();
-            out
+        let mut out = match self.compression {
+            Compression::None => {
+                let mut out = self.buf.split();
+                out[..HEADER_BYTES].copy_from_slice(&header);
+                out
+            }
+            Compression::Gzip => self.compressed::<Gzip>(&header)?,
+            Compression::Snappy => self.compressed::<Snappy>(&header)?,
+            Compression::Lz4 => self.compressed::<Lz4>(&header)?,
+            Compression::Zstd => self.compressed::<Zstd>(&header)?,
         };
         let length = (out.len() - 12) as i32;
         out[8..12].copy_from_slice(&length.to_be_bytes());
@@ -220,6 +206,24 @@ impl BatchBuilder {
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         self.count = 0;
         Ok(Some(out.freeze()))
+    }
+
+    /// `header`, then the records compressed with `C`; the builder's buffer is emptied.
+    fn compressed<C>(&mut self, header: &[u8]) -> Result<BytesMut>
+    where
+        C: Compressor<BytesMut, BufMut = BytesMut>,
+    {
+        let mut out = BytesMut::with_capacity(self.buf.len() / 2);
+        out.extend_from_slice(header);
+        let records = &self.buf[HEADER_BYTES..];
+        // kafka-protocol's compressors take a closure that fills their input buffer.
+        C::compress(&mut out, |b: &mut BytesMut| {
+            b.extend_from_slice(records);
+            Ok(())
+        })
+        .map_err(|e| Error::Batch(format!("compressing with {:?}: {e}", self.compression)))?;
+        self.buf.clear();
+        Ok(out)
     }
 }
 
