@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 use hdrhistogram::Histogram;
 use iouring_storage::testing::build_batch;
-use iouring_storage::{validate, CountCheck, LogConfig, PartitionLog};
+use iouring_storage::{validate, CountCheck, LogConfig, LogStats, PartitionLog};
 use serde_json::{json, Value};
 
 /// glommio's io_uring rings need this much locked memory; below it the executor fails at `join`.
@@ -611,6 +611,10 @@ struct LogRun {
     commit: Pcts,
     append: Pcts,
     batches_per_sync: f64,
+    bytes: u64,
+    elapsed: Duration,
+    /// The log's own counts, taken before it closed.
+    stats: LogStats,
 }
 
 /// One producer's tallies.
@@ -701,6 +705,7 @@ async fn run_log(s: &Settings, dir: &Path, batch_bytes: usize, producers: usize,
     // Every producer waits for its own batch before appending again, so nothing was appended
     // that was not acknowledged.
     assert_eq!(offsets.log_end, acked_end, "every appended batch was acknowledged");
+    let stats = log.stats();
     if read_back {
         // Dropped without `close`: what reopening finds is what the acknowledgements promised.
         drop(log);
@@ -713,6 +718,9 @@ async fn run_log(s: &Settings, dir: &Path, batch_bytes: usize, producers: usize,
         commit: Pcts::of(&commit),
         append: Pcts::of(&append),
         batches_per_sync: acks as f64 / durable_ends.len() as f64,
+        bytes,
+        elapsed,
+        stats,
     })
 }
 
@@ -765,65 +773,31 @@ struct PatternCore {
     fsync_us: u64,
 }
 
-/// One core's share of the pattern: `logs` fresh logs under `dir`, `producers` tasks each
-/// appending `batch_bytes` batches and waiting for each to be durable, for `secs`.
-async fn pattern_core(s: &Settings, dir: &Path, logs: usize, producers: usize, batch_bytes: usize) -> Res<PatternCore> {
-    let batch = Rc::new(build_batch(
-        (batch_bytes / 1024).max(1) as i32,
-        batch_bytes - iouring_storage::constants::BATCH_HEADER_BYTES,
-        NOW_MS,
-        NOW_MS,
-    ));
-    let mut opened = Vec::with_capacity(logs);
-    for l in 0..logs {
-        let log_dir = dir.join(format!("log{l}"));
-        opened.push(PartitionLog::open(s.log_config(&log_dir, batch_bytes)).await.ctx("opening a log")?);
+/// One core's share of the pattern: `logs` fresh logs under `dir`, each run as `run_log` runs
+/// one (with its checks, and its read-back in the smoke mode), all at once.
+async fn pattern_core(s: &Settings, dir: &Path, logs: usize, producers: usize) -> Res<PatternCore> {
+    let runs: Vec<_> = (0..logs)
+        .map(|l| {
+            let (s, dir) = (s.clone(), dir.join(format!("log{l}")));
+            glommio::spawn_local(async move { run_log(&s, &dir, PATTERN_BATCH_BYTES, producers, s.smoke).await })
+        })
+        .collect();
+    let mut core = PatternCore {
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        commits: 0,
+        committed_bytes: 0,
+        fsync_us: 0,
+    };
+    for run in runs {
+        let run = run.await?;
+        core.bytes += run.bytes;
+        core.elapsed = core.elapsed.max(run.elapsed);
+        core.commits += run.stats.group_commits;
+        core.committed_bytes += run.stats.committed_bytes;
+        core.fsync_us += run.stats.fsync_us_total;
     }
-    let secs = s.duration();
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(logs * producers);
-    for log in &opened {
-        for _ in 0..producers {
-            let (log, batch) = (log.clone(), batch.clone());
-            tasks.push(glommio::spawn_local(async move {
-                let mut bytes = 0u64;
-                loop {
-                    let info = log.append(&batch, 0, NOW_MS).await.ctx("append")?;
-                    let durable = log.wait_durable(info.last_offset + 1).await.ctx("wait_durable")?;
-                    if durable <= info.last_offset {
-                        return Err(format!(
-                            "wait_durable returned {durable} for a batch ending at {}",
-                            info.last_offset
-                        ));
-                    }
-                    bytes += batch.len() as u64;
-                    if start.elapsed() >= secs {
-                        return Res::Ok(bytes);
-                    }
-                }
-            }));
-        }
-    }
-    let mut bytes = 0;
-    for t in tasks {
-        bytes += t.await?;
-    }
-    let elapsed = start.elapsed();
-    let (mut commits, mut committed_bytes, mut fsync_us) = (0, 0, 0);
-    for log in opened {
-        let st = log.stats();
-        commits += st.group_commits;
-        committed_bytes += st.committed_bytes;
-        fsync_us += st.fsync_us_total;
-        log.close().await.ctx("closing a log")?;
-    }
-    Ok(PatternCore {
-        bytes,
-        elapsed,
-        commits,
-        committed_bytes,
-        fsync_us,
-    })
+    Ok(core)
 }
 
 /// Runs `f` on a glommio executor pinned to `cpu` and waits for it.
@@ -883,7 +857,7 @@ fn measure_pattern(s: &Settings) -> Res<PatternReps> {
             .map(|&cpu| {
                 let (s, dir) = (s.clone(), d.path().join(format!("cpu{cpu}")));
                 spawn_on_cpu(cpu, &format!("pattern-{cpu}"), move || async move {
-                    pattern_core(&s, &dir, logs, producers, PATTERN_BATCH_BYTES).await
+                    pattern_core(&s, &dir, logs, producers).await
                 })
             })
             .collect::<Res<Vec<_>>>()?;
@@ -1419,10 +1393,7 @@ fn run() -> Res<()> {
         s.secs
     );
     let settings = s.clone();
-    let measured = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
-        .name("append-bench")
-        .spawn(move || async move { measure(&settings).await })
-        .ctx("starting the glommio executor")?
+    let measured = spawn_on_cpu(0, "append-bench", move || async move { measure(&settings).await })?
         .join()
         // `spawn` succeeds even when the reactor cannot start; the error shows here.
         .ctx("glommio executor failed (RLIMIT_MEMLOCK too low, or io_uring blocked?)")??;
