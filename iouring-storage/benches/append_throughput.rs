@@ -756,6 +756,8 @@ async fn verify_reopened(config: LogConfig, acked_end: u64, acks: u64, batch_byt
 #[derive(Debug, Default)]
 struct PatternReps {
     cores: Vec<usize>,
+    logs_per_core: usize,
+    producers_per_log: usize,
     raw_mbps: Vec<f64>,
     log_mbps: Vec<f64>,
     /// Group commits per log per second, their mean size in bytes and mean fdatasync in µs.
@@ -836,6 +838,8 @@ fn measure_pattern(s: &Settings) -> Res<PatternReps> {
     };
     let mut reps = PatternReps {
         cores: cores.clone(),
+        logs_per_core: logs,
+        producers_per_log: producers,
         ..PatternReps::default()
     };
     for rep in 0..s.reps {
@@ -881,12 +885,8 @@ fn measure_pattern(s: &Settings) -> Res<PatternReps> {
 }
 
 /// The broker's pattern as a Markdown section and its JSON.
-fn report_pattern(md: &mut String, p: &PatternReps, smoke: bool) -> Value {
-    let (logs, producers) = if smoke {
-        (2, 2)
-    } else {
-        (PATTERN_LOGS_PER_CORE, PATTERN_PRODUCERS_PER_LOG)
-    };
+fn report_pattern(md: &mut String, p: &PatternReps) -> Value {
+    let (logs, producers) = (p.logs_per_core, p.producers_per_log);
     let (raw, log) = (median(&p.raw_mbps), median(&p.log_mbps));
     let _ = writeln!(
         md,
@@ -1276,7 +1276,7 @@ fn report(s: &Settings, m: &Measurements, pattern: Option<&PatternReps>, fs: &(S
         }
     }
 
-    let pattern_json = pattern.map(|p| report_pattern(&mut md, p, s.smoke));
+    let pattern_json = pattern.map(|p| report_pattern(&mut md, p));
 
     let _ = writeln!(md, "\n### Targets\n\n| target | measured | goal | result |\n|---|---:|---:|---|");
     let mut targets_json = Vec::new();
