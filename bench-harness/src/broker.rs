@@ -27,6 +27,9 @@ pub struct ProcSample {
     pub read_bytes: u64,
     /// CPU time used so far (user + system), in seconds.
     pub cpu_s: f64,
+    /// The machine's CPU pressure so far: microseconds in which some runnable task waited for a
+    /// CPU (`some total` of /proc/pressure/cpu); None without PSI.
+    pub cpu_pressure_us: Option<u64>,
 }
 
 pub struct Broker {
@@ -55,6 +58,18 @@ pub fn proc_cpu_s(pid: u32) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Microseconds in which some runnable task on the machine waited for a CPU, from the `some`
+/// line of /proc/pressure/cpu (Linux PSI); None where the kernel has no PSI.
+pub fn cpu_pressure_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 /// A plain HTTP/1.0 GET of `path` on `addr`; the body on a 200 answer.
@@ -230,6 +245,7 @@ impl Broker {
                         rss_bytes,
                         read_bytes,
                         cpu_s: proc_cpu_s(pid),
+                        cpu_pressure_us: cpu_pressure_us(),
                     });
                 }
                 std::thread::sleep(SAMPLE_INTERVAL);

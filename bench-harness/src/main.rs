@@ -481,9 +481,16 @@ fn run_perf(
         .into_iter()
         .filter(|s| s.t_s >= t0 + warmup + 1.0 && s.t_s <= t1)
         .collect();
-    let (read_bytes, cpu_cores) = match (samples.first(), samples.last()) {
-        (Some(a), Some(b)) if b.t_s > a.t_s => (b.read_bytes.saturating_sub(a.read_bytes), (b.cpu_s - a.cpu_s) / (b.t_s - a.t_s)),
-        _ => (0, 0.0),
+    let (read_bytes, cpu_cores, cpu_pressure) = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) if b.t_s > a.t_s => {
+            let secs = b.t_s - a.t_s;
+            let pressure = a
+                .cpu_pressure_us
+                .zip(b.cpu_pressure_us)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / secs);
+            (b.read_bytes.saturating_sub(a.read_bytes), (b.cpu_s - a.cpu_s) / secs, pressure)
+        }
+        _ => (0, 0.0, None),
     };
     let perf_report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     Ok(Run {
@@ -494,6 +501,7 @@ fn run_perf(
         broker_read_bytes: read_bytes,
         broker_batch_cache_misses: batch_cache_misses,
         broker_cpu_cores: cpu_cores,
+        cpu_pressure,
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,
         broker_t_s: (t0, t1),

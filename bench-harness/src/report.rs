@@ -94,6 +94,10 @@ pub struct Run {
     pub broker_batch_cache_misses: Option<u64>,
     /// The broker's CPU use over the measured window, in cores.
     pub broker_cpu_cores: f64,
+    /// Share of the measured window in which some runnable task on the machine (broker, perf or
+    /// kernel) waited for a CPU (Linux PSI, `some`); None without PSI. Near 1, the cores were
+    /// the bound.
+    pub cpu_pressure: Option<f64>,
     pub broker_rss_before_bytes: u64,
     pub broker_rss_after_bytes: u64,
     /// Start and end of the run on the broker's sample clock.
@@ -163,6 +167,11 @@ fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
+/// A fraction as a whole percentage, or "–".
+fn percent(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{:.0}%", v * 100.0))
+}
+
 fn pass(ok: bool) -> &'static str {
     if ok {
         "**PASS**"
@@ -196,14 +205,13 @@ fn med_of(runs: &[Run], name: &str, f: impl Fn(&Run) -> f64) -> Option<f64> {
     median(runs.iter().filter(|r| !r.soak && r.workload == name).map(f).collect())
 }
 
-/// The median of the batch-cache misses of a workload's runs that have the figure.
+/// The median of a figure over a workload's runs that have it.
+fn med_some(runs: &[Run], name: &str, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+    median(runs.iter().filter(|r| !r.soak && r.workload == name).filter_map(f).collect())
+}
+
 fn med_misses(runs: &[Run], name: &str) -> Option<f64> {
-    median(
-        runs.iter()
-            .filter(|r| !r.soak && r.workload == name)
-            .filter_map(|r| r.broker_batch_cache_misses.map(|m| m as f64))
-            .collect(),
-    )
+    med_some(runs, name, |r| r.broker_batch_cache_misses.map(|m| m as f64))
 }
 
 /// Resident memory over a soak, in MiB: the median of the window after the settling minute, the
@@ -380,16 +388,16 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(md, "## Throughput (perf)\n");
     let _ = writeln!(
         md,
-        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | producers waiting on broker |"
+        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | a task waiting for a CPU | producers waiting on broker |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
         let pub_mb = med(&set.runs, n, "/publish/mb_per_s");
         let cons_mb = med(&set.runs, n, "/consume/mb_per_s");
         let rate = med(&set.runs, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rate.map_or("max".into(), |r| format!("{r:.0}")),
             num(med(&set.runs, n, "/publish/msg_per_s"), 0),
             num(pub_mb, 1),
@@ -401,7 +409,8 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             num(med_misses(&set.runs, n), 0),
             num(med_of(&set.runs, n, |r| r.broker_cpu_cores), 2),
             num(med(&set.runs, n, "/perf_cpu_cores"), 2),
-            num(med(&set.runs, n, "/producer_wait_fraction").map(|f| f * 100.0), 0) + "%",
+            percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
+            percent(med(&set.runs, n, "/producer_wait_fraction")),
         );
     }
     let _ = writeln!(md, "\n## Latency (perf), ms\n");
@@ -766,6 +775,7 @@ mod tests {
             broker_read_bytes: read_bytes,
             broker_batch_cache_misses: Some(0),
             broker_cpu_cores: 1.0,
+            cpu_pressure: Some(0.5),
             broker_rss_before_bytes: 1 << 20,
             broker_rss_after_bytes: 1 << 20,
             broker_t_s: (0.0, 1.0),
@@ -775,6 +785,58 @@ mod tests {
                          "publish_latency": lat, "publish_round_trip_latency": round_trip, "end_to_end_latency": lat,
                          "series": [{"t_s": 1.0, "publish_mb_per_s": mb, "consume_mb_per_s": mb}]}),
         }
+    }
+
+    /// Every Markdown table has as many cells in its delimiter row and in each body row as in
+    /// its header: GitHub draws a table whose delimiter row is short as plain text.
+    fn assert_tables_well_formed(md: &str) {
+        let cells = |line: &str| line.trim().trim_start_matches('|').trim_end_matches('|').split('|').count();
+        let lines: Vec<&str> = md.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            if lines[i].starts_with('|') {
+                let header = cells(lines[i]);
+                let mut j = i + 1;
+                while j < lines.len() && lines[j].starts_with('|') {
+                    assert_eq!(cells(lines[j]), header, "row {:?} under header {:?}", lines[j], lines[i]);
+                    j += 1;
+                }
+                assert!(
+                    j > i + 1 && lines[i + 1].contains("---"),
+                    "a table without a delimiter row: {:?}",
+                    lines[i]
+                );
+                i = j;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_is_well_formed_and_throughput_shows_cpu_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = RunSet {
+            machine: Machine::describe(dir.path()),
+            limits: limits(),
+            runs: vec![
+                run("max-throughput", 0, 750.0, 1000, 0),
+                run("fixed-rate-latency", 0, 375.0, 3000, 0),
+            ],
+            rdkafka: vec![],
+            peer: None,
+            failures: vec![],
+            command: "bench-harness run".into(),
+            reps: 1,
+        };
+        let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| max-throughput | max |"))
+            .unwrap_or_else(|| panic!("{md}"));
+        // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, producers 90%.
+        assert!(row.ends_with("| 1.00 | 0.50 | 50% | 90% |"), "{row}");
     }
 
     #[test]
@@ -808,6 +870,7 @@ mod tests {
             reps: 3,
         };
         let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
         let row = md
             .lines()
             .find(|l| l.starts_with("| backlog-drain | 4000 |"))
@@ -859,6 +922,7 @@ mod tests {
             reps: 3,
         };
         let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
         assert!(md.contains("## Beside tansu on the same machine"), "{md}");
         assert!(md.contains("`tansu broker --kafka-listener-url tcp://{addr}`"), "{md}");
         let row = md
@@ -902,6 +966,7 @@ mod tests {
             reps: 3,
         };
         let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
         let line = |needle: &str| {
             md.lines()
                 .find(|l| l.contains(needle))
@@ -994,6 +1059,7 @@ mod tests {
                     rss_bytes: (mib * 1048576.0) as u64,
                     read_bytes: 0,
                     cpu_s: 0.0,
+                    cpu_pressure_us: None,
                 })
                 .collect();
             r
