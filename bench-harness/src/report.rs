@@ -813,28 +813,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_table_is_well_formed_and_throughput_shows_cpu_pressure() {
-        let dir = tempfile::tempdir().unwrap();
-        let set = RunSet {
-            machine: Machine::describe(dir.path()),
+    /// Our runs alone, as `bench-harness run` collects them.
+    fn ours(dir: &Path, runs: Vec<Run>, reps: usize) -> RunSet {
+        RunSet {
+            machine: Machine::describe(dir),
             limits: limits(),
-            runs: vec![
-                run("max-throughput", 0, 750.0, 1000, 0),
-                run("fixed-rate-latency", 0, 375.0, 3000, 0),
-            ],
+            runs,
             rdkafka: vec![],
             peer: None,
             failures: vec![],
             command: "bench-harness run".into(),
-            reps: 1,
-        };
-        let md = write(&set, dir.path()).unwrap();
+            reps,
+        }
+    }
+
+    /// The report's line that starts with `prefix`.
+    fn row<'a>(md: &'a str, prefix: &str) -> &'a str {
+        md.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in\n{md}"))
+    }
+
+    #[test]
+    fn every_table_is_well_formed_and_throughput_shows_cpu_pressure() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = vec![
+            run("max-throughput", 0, 750.0, 1000, 0),
+            run("fixed-rate-latency", 0, 375.0, 3000, 0),
+        ];
+        let md = write(&ours(dir.path(), runs, 1), dir.path()).unwrap();
         assert_tables_well_formed(&md);
-        let row = md
-            .lines()
-            .find(|l| l.starts_with("| max-throughput | max |"))
-            .unwrap_or_else(|| panic!("{md}"));
+        let row = row(&md, "| max-throughput | max |");
         // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, producers 90%.
         assert!(row.ends_with("| 1.00 | 0.50 | 50% | 90% |"), "{row}");
     }
@@ -853,28 +862,16 @@ mod tests {
             r
         };
         // Read rates 1000, 500 and 800 MB/s; the fourth run never finished its backlog.
-        let set = RunSet {
-            machine: Machine::describe(dir.path()),
-            limits: limits(),
-            runs: vec![
-                with_backlog(0, Some(4.0)),
-                with_backlog(1, Some(8.0)),
-                with_backlog(2, Some(5.0)),
-                with_backlog(3, None),
-                run("max-throughput", 0, 750.0, 1000, 0),
-            ],
-            rdkafka: vec![],
-            peer: None,
-            failures: vec![],
-            command: "bench-harness run".into(),
-            reps: 3,
-        };
-        let md = write(&set, dir.path()).unwrap();
+        let runs = vec![
+            with_backlog(0, Some(4.0)),
+            with_backlog(1, Some(8.0)),
+            with_backlog(2, Some(5.0)),
+            with_backlog(3, None),
+            run("max-throughput", 0, 750.0, 1000, 0),
+        ];
+        let md = write(&ours(dir.path(), runs, 3), dir.path()).unwrap();
         assert_tables_well_formed(&md);
-        let row = md
-            .lines()
-            .find(|l| l.starts_with("| backlog-drain | 4000 |"))
-            .unwrap_or_else(|| panic!("{md}"));
+        let row = row(&md, "| backlog-drain | 4000 |");
         // Median read rate 800 MB/s: 0.40 of the 2000 MB/s raw read, 0.50 of the 1600 MB/s it
         // reads beside an append; median drain 5.0 s. Publish while reading 300 MB/s: 0.25 of the
         // 1200 MB/s raw append beside a read.
