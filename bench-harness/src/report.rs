@@ -95,8 +95,8 @@ pub struct Run {
     /// The broker's CPU use over the measured window, in cores.
     pub broker_cpu_cores: f64,
     /// Share of the measured window in which some runnable task on the machine (broker, perf or
-    /// kernel) waited for a CPU (Linux PSI, `some`); None without PSI. Near 1, the cores were
-    /// the bound.
+    /// kernel) waited for a CPU (Linux PSI, `some`); None without PSI. Near 1, something was
+    /// queued for a core all the time.
     pub cpu_pressure: Option<f64>,
     pub broker_rss_before_bytes: u64,
     pub broker_rss_after_bytes: u64,
@@ -922,10 +922,7 @@ mod tests {
         assert_tables_well_formed(&md);
         assert!(md.contains("## Beside tansu on the same machine"), "{md}");
         assert!(md.contains("`tansu broker --kafka-listener-url tcp://{addr}`"), "{md}");
-        let row = md
-            .lines()
-            .find(|l| l.starts_with("| fixed-rate-latency | 600000 / 100000 | 600000 / 200000 |"))
-            .unwrap_or_else(|| panic!("{md}"));
+        let row = row(&md, "| fixed-rate-latency | 600000 / 100000 | 600000 / 200000 |");
         // Throughput 3.00 times the peer's; the peer's p99 2.50 times ours.
         assert_eq!(
             row,

@@ -766,52 +766,23 @@ struct PatternReps {
     fdatasync_us: Vec<f64>,
 }
 
-/// What one core's logs did in one repetition of the pattern.
-struct PatternCore {
-    bytes: u64,
-    elapsed: Duration,
-    commits: u64,
-    committed_bytes: u64,
-    fsync_us: u64,
-}
-
 /// One core's share of the pattern: `logs` fresh logs under `dir`, each run as `run_log` runs
 /// one (with its checks, and its read-back in the smoke mode), all at once.
-async fn pattern_core(s: &Settings, dir: &Path, logs: usize, producers: usize) -> Res<PatternCore> {
+async fn pattern_core(s: &Settings, dir: &Path, logs: usize, producers: usize) -> Res<Vec<LogRun>> {
     let runs: Vec<_> = (0..logs)
         .map(|l| {
             let (s, dir) = (s.clone(), dir.join(format!("log{l}")));
             glommio::spawn_local(async move { run_log(&s, &dir, PATTERN_BATCH_BYTES, producers, s.smoke).await })
         })
         .collect();
-    let mut core = PatternCore {
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        commits: 0,
-        committed_bytes: 0,
-        fsync_us: 0,
-    };
+    let mut done = Vec::with_capacity(logs);
     for run in runs {
-        let run = run.await?;
-        core.bytes += run.bytes;
-        core.elapsed = core.elapsed.max(run.elapsed);
-        core.commits += run.stats.group_commits;
-        core.committed_bytes += run.stats.committed_bytes;
-        core.fsync_us += run.stats.fsync_us_total;
+        done.push(run.await?);
     }
-    Ok(core)
+    Ok(done)
 }
 
-/// Runs `f` on a glommio executor pinned to `cpu` and waits for it.
-fn on_cpu<T, F, Fut>(cpu: usize, name: &str, f: F) -> Res<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Res<T>> + 'static,
-{
-    spawn_on_cpu(cpu, name, f)?.join().ctx(format!("executor {name} failed"))?
-}
-
+/// Starts `f` on a glommio executor pinned to `cpu`.
 fn spawn_on_cpu<T, F, Fut>(cpu: usize, name: &str, f: F) -> Res<glommio::ExecutorJoinHandle<Res<T>>>
 where
     T: Send + 'static,
@@ -851,9 +822,11 @@ fn measure_pattern(s: &Settings) -> Res<PatternReps> {
         );
         let d = scratch(&s.dir, "pattern-raw")?;
         let (path, step, secs) = (d.path().join("bw"), s.preallocate_step_bytes, s.duration());
-        let raw = on_cpu(cores[0], "pattern-raw", move || async move {
+        let raw = spawn_on_cpu(cores[0], "pattern-raw", move || async move {
             raw_bandwidth(&path, CONTEXT_WRITE_BYTES, PATTERN_RAW_DEPTH, Some(step), secs).await
-        })?;
+        })?
+        .join()
+        .ctx("the raw append executor failed")??;
         drop(d);
         let d = scratch(&s.dir, "pattern")?;
         let handles = cores
@@ -865,21 +838,19 @@ fn measure_pattern(s: &Settings) -> Res<PatternReps> {
                 })
             })
             .collect::<Res<Vec<_>>>()?;
-        let mut runs = Vec::with_capacity(handles.len());
+        let mut runs = Vec::with_capacity(logs * cores.len());
         for h in handles {
-            runs.push(h.join().ctx("a pattern executor failed")??);
+            runs.extend(h.join().ctx("a pattern executor failed")??);
         }
         drop(d);
-        let bytes: u64 = runs.iter().map(|r| r.bytes).sum();
+        let sum = |f: fn(&LogRun) -> u64| runs.iter().map(f).sum::<u64>();
         let elapsed = runs.iter().map(|r| r.elapsed).max().unwrap_or_default().as_secs_f64();
-        let commits: u64 = runs.iter().map(|r| r.commits).sum::<u64>().max(1);
+        let commits = sum(|r| r.stats.group_commits).max(1) as f64;
         reps.raw_mbps.push(raw);
-        reps.log_mbps.push(bytes as f64 / elapsed / 1e6);
-        reps.commits_per_log_s.push(commits as f64 / elapsed / (logs * cores.len()) as f64);
-        reps.commit_bytes
-            .push(runs.iter().map(|r| r.committed_bytes).sum::<u64>() as f64 / commits as f64);
-        reps.fdatasync_us
-            .push(runs.iter().map(|r| r.fsync_us).sum::<u64>() as f64 / commits as f64);
+        reps.log_mbps.push(sum(|r| r.bytes) as f64 / elapsed / 1e6);
+        reps.commits_per_log_s.push(commits / elapsed / runs.len() as f64);
+        reps.commit_bytes.push(sum(|r| r.stats.committed_bytes) as f64 / commits);
+        reps.fdatasync_us.push(sum(|r| r.stats.fsync_us_total) as f64 / commits);
     }
     Ok(reps)
 }
