@@ -150,7 +150,8 @@ fn thread_round_trips(iters: u64) -> Duration {
 
 /// Two shards of the real runtime; shard 0 runs round trips to shard 1 on request.
 struct Mesh {
-    requests: mpsc::Sender<u64>,
+    /// Taken (closed) at drop, which ends shard 0.
+    requests: Option<mpsc::Sender<u64>>,
     elapsed: mpsc::Receiver<Duration>,
     stop: Option<futures::channel::oneshot::Sender<()>>,
     shards: Option<shard::ShardSet>,
@@ -200,7 +201,7 @@ impl Mesh {
         })
         .expect("two shards start");
         Mesh {
-            requests,
+            requests: Some(requests),
             elapsed,
             stop: Some(stop),
             shards: Some(shards),
@@ -209,7 +210,7 @@ impl Mesh {
     }
 
     fn round_trips(&self, iters: u64) -> Duration {
-        self.requests.send(iters).expect("shard 0 runs");
+        self.requests.as_ref().expect("open until drop").send(iters).expect("shard 0 runs");
         self.elapsed.recv().expect("shard 0 answers")
     }
 }
@@ -217,8 +218,7 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         // Closing the request channel ends shard 0; the stop signal ends shard 1.
-        let (requests, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.requests, requests));
+        drop(self.requests.take());
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
