@@ -9,7 +9,9 @@
 //! fresh data directory there (and stopped, and its directory removed, after the run). A workload with
 //! `rate_of_max` runs at that fraction of the median maximum measured so far by produce-only
 //! max-rate workloads with the same message size and partition count. `--soak-minutes` adds a long fixed-rate run to show
-//! whether the broker's resident memory stays flat.
+//! whether the broker's resident memory stays flat. `--latency-curve` runs the first such
+//! workload again at other fractions of that maximum in every repetition, so the report can
+//! show how its latency grows with the load.
 //!
 //! `--peer '<command>'` runs every workload again against another Kafka-compatible broker
 //! started from that command line (see `Broker::start_peer`), one fresh peer per run, its
@@ -83,6 +85,10 @@ struct RunArgs {
     /// After the workloads, a fixed-rate run of this many minutes to watch broker memory.
     #[arg(long, default_value_t = 0)]
     soak_minutes: u64,
+    /// Fractions of the maximum, comma-separated (such as 0.1,0.25,0.75): in every repetition,
+    /// the first workload with `rate_of_max` runs again at each, after the workloads.
+    #[arg(long, value_delimiter = ',')]
+    latency_curve: Vec<f64>,
     /// Use target/release/{broker,perf} as they are, without building.
     #[arg(long)]
     no_build: bool,
@@ -177,6 +183,7 @@ fn run(a: RunArgs) -> Result<()> {
     let infos: Vec<WorkloadInfo> = workloads.iter().map(|p| WorkloadInfo::load(p)).collect::<Result<_>>()?;
     // Checked before minutes of measuring.
     let soak_workload = soak_workload(&infos, a.soak_minutes)?.map(|i| (&workloads[i], &infos[i]));
+    let curve_workload = curve_workload(&infos, &a.latency_curve)?.map(|i| (&workloads[i], &infos[i]));
     let (broker_bin, perf_bin) = binaries(a.no_build)?;
     let out = a.out.clone().unwrap_or_else(|| {
         let t = std::time::SystemTime::now()
@@ -252,7 +259,7 @@ fn run(a: RunArgs) -> Result<()> {
     let mut failures: Vec<String> = Vec::new();
     for rep in 0..a.reps {
         for (path, info) in workloads.iter().zip(&infos) {
-            let rate = resolve_rate(info, &runs, &infos)?;
+            let rate = resolve_rate(info, info.rate_of_max, &runs, &infos)?;
             let label = format!("{}-rep{}", info.name, rep + 1);
             let run = with_broker(&label, None, &mut |broker| {
                 let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out, None)?;
@@ -287,7 +294,7 @@ fn run(a: RunArgs) -> Result<()> {
             // only queues).
             if let (Some(command), Some(name)) = (a.peer.as_deref(), peer_name.as_deref()) {
                 let label = format!("{}-{label}", file_safe(name));
-                let rate = match resolve_rate(info, &peer_runs, &infos) {
+                let rate = match resolve_rate(info, info.rate_of_max, &peer_runs, &infos) {
                     Ok(rate) => rate,
                     Err(e) => {
                         failed(&mut failures, &label, &e);
@@ -304,9 +311,29 @@ fn run(a: RunArgs) -> Result<()> {
                 }
             }
         }
+        // The curve's points after the workloads, so each rests on this repetition's maximum too.
+        if let Some((path, info)) = curve_workload {
+            for &share in &a.latency_curve {
+                let point = curve_point(&info.name, share);
+                let label = format!("{point}-rep{}", rep + 1);
+                let rate = resolve_rate(info, Some(share), &runs, &infos)?;
+                match with_broker(&label, None, &mut |broker| {
+                    let mut info = info.clone();
+                    info.name = point.clone();
+                    run_perf(&perf_bin, broker, path, &info, rep, rate, &a, &out, None)
+                }) {
+                    Ok(mut run) => {
+                        run.load = Some(share);
+                        run.curve_of = Some(info.name.clone());
+                        runs.push(run);
+                    }
+                    Err(e) => failed(&mut failures, &label, &e),
+                }
+            }
+        }
     }
     if let Some((path, info)) = soak_workload {
-        let rate = resolve_rate(info, &runs, &infos)?;
+        let rate = resolve_rate(info, info.rate_of_max, &runs, &infos)?;
         let soak = RunArgs {
             duration_s: Some(a.soak_minutes * 60),
             warmup_s: Some(0),
@@ -367,6 +394,7 @@ impl RunArgs {
             warmup_s: self.warmup_s,
             rdkafka: self.rdkafka,
             soak_minutes: self.soak_minutes,
+            latency_curve: self.latency_curve.clone(),
             no_build: self.no_build,
             peer: self.peer.clone(),
             peer_name: self.peer_name.clone(),
@@ -398,10 +426,11 @@ fn file_safe(name: &str) -> String {
         .collect()
 }
 
-/// The rate of a `rate_of_max` workload: its fraction of the median publish rate of the
-/// workloads run so far that anchor it (`WorkloadInfo::anchors`).
-fn resolve_rate(info: &WorkloadInfo, runs: &[Run], infos: &[WorkloadInfo]) -> Result<Option<u64>> {
-    let Some(f) = info.rate_of_max else { return Ok(None) };
+/// The rate of a workload run at `share` of the maximum (its `rate_of_max`, or a point of the
+/// latency curve): that fraction of the median publish rate of the workloads run so far that
+/// anchor it (`WorkloadInfo::anchors`). `None` for a share of `None`.
+fn resolve_rate(info: &WorkloadInfo, share: Option<f64>, runs: &[Run], infos: &[WorkloadInfo]) -> Result<Option<u64>> {
+    let Some(f) = share else { return Ok(None) };
     let maxima: Vec<f64> = runs
         .iter()
         .filter(|r| infos.iter().any(|i| i.name == r.workload && i.anchors(info)))
@@ -498,6 +527,8 @@ fn run_perf(
         rep,
         soak: false,
         rate,
+        load: rate.and(info.rate_of_max),
+        curve_of: None,
         broker_read_bytes: read_bytes,
         broker_batch_cache_misses: batch_cache_misses,
         broker_cpu_cores: cpu_cores,
@@ -516,16 +547,46 @@ fn soak_workload(infos: &[WorkloadInfo], minutes: u64) -> Result<Option<usize>> 
     if minutes == 0 {
         return Ok(None);
     }
-    let i = infos
-        .iter()
-        .position(|i| i.rate_of_max.is_some())
-        .context("--soak-minutes needs a workload with rate_of_max (such as 2-fixed-rate-latency.toml) and the maximum it is a share of")?;
-    Ok(Some(i))
+    first_at_share(infos, "--soak-minutes").map(Some)
+}
+
+/// Which workload the latency curve's `shares` repeat: the first at a fixed share of a maximum,
+/// `None` without a curve. Each share must be a fraction in (0, 1], as `rate_of_max` is.
+fn curve_workload(infos: &[WorkloadInfo], shares: &[f64]) -> Result<Option<usize>> {
+    if shares.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bad) = shares.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        bail!("--latency-curve: {bad} is not a fraction of the maximum in (0, 1]");
+    }
+    first_at_share(infos, "--latency-curve").map(Some)
+}
+
+fn first_at_share(infos: &[WorkloadInfo], option: &str) -> Result<usize> {
+    infos.iter().position(|i| i.rate_of_max.is_some()).with_context(|| {
+        format!("{option} needs a workload with rate_of_max (such as 2-fixed-rate-latency.toml) and the maximum it is a share of")
+    })
+}
+
+/// The workload name of a latency-curve point: `fixed-rate-latency-25pct` for a quarter of
+/// the maximum. It names the run's files and plots too, so it stays one file name component.
+fn curve_point(workload: &str, share: f64) -> String {
+    format!("{workload}-{}pct", format_share(share * 100.0))
+}
+
+/// A percentage without a trailing ".0", with "p" for the point: 25 → "25", 12.5 → "12p5".
+fn format_share(pct: f64) -> String {
+    let rounded = (pct * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{rounded:.0}")
+    } else {
+        format!("{rounded:.1}").replace('.', "p")
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{file_safe, peer_name, soak_workload};
+    use super::{curve_point, curve_workload, file_safe, peer_name, soak_workload};
 
     #[test]
     fn a_soak_repeats_the_first_fixed_share_workload_and_refuses_without_one() {
@@ -539,6 +600,26 @@ mod tests {
         let err = soak_workload(std::slice::from_ref(&max), 10).unwrap_err();
         assert!(err.to_string().contains("rate_of_max"), "{err}");
         assert_eq!(soak_workload(&[max], 0).unwrap(), None, "no soak asked, nothing to refuse");
+    }
+
+    #[test]
+    fn a_latency_curve_repeats_the_first_fixed_share_workload_at_fractions_of_the_maximum() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let load = |f: &str| super::WorkloadInfo::load(&dir.join(f)).unwrap();
+        let max = load("1-max-throughput.toml");
+        let fixed = load("2-fixed-rate-latency.toml");
+        let infos = [max.clone(), fixed];
+        assert_eq!(curve_workload(&infos, &[0.1, 0.25]).unwrap(), Some(1));
+        assert_eq!(curve_workload(&infos, &[]).unwrap(), None);
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let err = curve_workload(&infos, &[0.25, bad]).unwrap_err();
+            assert!(err.to_string().contains("(0, 1]"), "{bad}: {err}");
+        }
+        let err = curve_workload(std::slice::from_ref(&max), &[0.25]).unwrap_err();
+        assert!(err.to_string().contains("rate_of_max"), "{err}");
+        assert_eq!(curve_point("fixed-rate-latency", 0.25), "fixed-rate-latency-25pct");
+        assert_eq!(curve_point("fixed-rate-latency", 0.125), "fixed-rate-latency-12p5pct");
+        assert_eq!(curve_point("fixed-rate-latency", 1.0), "fixed-rate-latency-100pct");
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct Run {
     pub rep: usize,
     pub soak: bool,
     pub rate: Option<u64>,
+    /// The fraction of the maximum a fixed-rate run ran at: its workload's `rate_of_max`, or a
+    /// point of the latency curve; `None` for a maximum-rate run or a fixed rate in msg/s.
+    pub load: Option<f64>,
+    /// For a point of the latency curve, the workload it repeats at `load`.
+    pub curve_of: Option<String>,
     /// Bytes the broker read from storage during the run's measured window, from the 1 s
     /// samples (0: every fetch came from memory).
     pub broker_read_bytes: u64,
@@ -319,6 +324,102 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
 }
 
 /// Writes the folder; returns the Markdown.
+/// "Latency by load": for each workload the latency curve repeated, one row per fraction of
+/// the maximum (the workload's own and the curve's points, medians over repetitions), beside
+/// the latency targets, and a plot of the percentiles against the load.
+fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
+    let mut bases: Vec<&str> = Vec::new();
+    for base in set.runs.iter().filter_map(|r| r.curve_of.as_deref()) {
+        if !bases.contains(&base) {
+            bases.push(base);
+        }
+    }
+    for base in bases {
+        let mut points: Vec<(f64, String)> = names(&set.runs)
+            .into_iter()
+            .filter(|n| n == base || set.runs.iter().any(|r| &r.workload == n && r.curve_of.as_deref() == Some(base)))
+            .filter_map(|n| Some((med_some(&set.runs, &n, |r| r.load)?, n)))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let _ = writeln!(md, "\n## Latency by load: {base} (perf, medians)\n");
+        let _ = writeln!(
+            md,
+            "The same workload at fractions of the maximum measured in the same repetition (`--latency-curve`), \
+             each run against a broker of its own. Targets: publish p99 under {} ms and p99.9 under {} ms, end-to-end \
+             p99 under {} ms.\n",
+            TARGET_PUBLISH_P99_US_MAX / 1000,
+            TARGET_PUBLISH_P999_US_MAX / 1000,
+            TARGET_END_TO_END_P99_US_MAX / 1000
+        );
+        let _ = writeln!(
+            md,
+            "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | broker CPU cores | perf CPU cores | a task waiting for a CPU |"
+        );
+        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+        let mut series: Vec<Series> = ["publish p50", "publish p99", "publish p99.9", "end-to-end p99"]
+            .iter()
+            .map(|name| Series {
+                name: (*name).into(),
+                points: vec![],
+            })
+            .collect();
+        for (load, n) in &points {
+            let p = |q: &str| med(&set.runs, n, &format!("/publish_latency/{q}"));
+            let e2e = med(&set.runs, n, "/end_to_end_latency/p99_us");
+            let met = match (p("p99_us"), p("p999_us"), e2e) {
+                (Some(p99), Some(p999), Some(e)) => {
+                    let ok = p99 < TARGET_PUBLISH_P99_US_MAX as f64
+                        && p999 < TARGET_PUBLISH_P999_US_MAX as f64
+                        && e < TARGET_END_TO_END_P99_US_MAX as f64;
+                    if ok {
+                        "all"
+                    } else {
+                        "not all"
+                    }
+                }
+                _ => "–",
+            };
+            let _ = writeln!(
+                md,
+                "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} |",
+                load * 100.0,
+                num(med(&set.runs, n, "/target_rate_msg_per_s"), 0),
+                num(med(&set.runs, n, "/publish/mb_per_s"), 1),
+                ms(p("p50_us")),
+                ms(p("p99_us")),
+                ms(p("p999_us")),
+                ms(med(&set.runs, n, "/publish_round_trip_latency/p99_us")),
+                ms(e2e),
+                num(med_of(&set.runs, n, |r| r.broker_cpu_cores), 2),
+                num(med(&set.runs, n, "/perf_cpu_cores"), 2),
+                percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
+            );
+            for (s, v) in series.iter_mut().zip([p("p50_us"), p("p99_us"), p("p999_us"), e2e]) {
+                if let Some(v) = v {
+                    s.points.push((load * 100.0, v / 1000.0));
+                }
+            }
+        }
+        let svg = render(
+            &Chart {
+                title: format!("{base}: latency by load (medians)"),
+                x_label: "% of the maximum publish rate".into(),
+                y_label: "latency (ms, log scale)".into(),
+                x_ticks: None,
+                log_y: true,
+                hlines: vec![
+                    (TARGET_PUBLISH_P99_US_MAX as f64 / 1000.0, "publish p99 target".into()),
+                    (TARGET_END_TO_END_P99_US_MAX as f64 / 1000.0, "end-to-end p99 target".into()),
+                ],
+            },
+            &series,
+        );
+        std::fs::write(out.join(format!("latency-by-load-{base}.svg")), svg)?;
+        let _ = writeln!(md, "\n![{base} latency by load](latency-by-load-{base}.svg)");
+    }
+    Ok(())
+}
+
 pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(set)?)?;
     let l = &set.limits;
@@ -448,6 +549,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             ms(e("max_us")),
         );
     }
+    curve_section(&mut md, set, out)?;
     let backlogs: Vec<&String> = names.iter().filter(|n| med(&set.runs, n, "/backlog/mb").is_some()).collect();
     if !backlogs.is_empty() {
         let _ = writeln!(md, "\n## Consumers starting behind (perf), medians\n");
@@ -627,7 +729,11 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
 
     // Plots.
     let _ = writeln!(md, "\n## Plots\n");
-    for n in &names {
+    // A latency curve's points have their own plot (in "Latency by load").
+    for n in names
+        .iter()
+        .filter(|n| !set.runs.iter().any(|r| &r.workload == *n && r.curve_of.is_some()))
+    {
         let Some(r) = set.runs.iter().find(|r| !r.soak && &r.workload == n) else {
             continue;
         };
@@ -772,6 +878,8 @@ mod tests {
             rep,
             soak: false,
             rate: None,
+            load: None,
+            curve_of: None,
             broker_read_bytes: read_bytes,
             broker_batch_cache_misses: Some(0),
             broker_cpu_cores: 1.0,
@@ -846,6 +954,49 @@ mod tests {
         let row = row(&md, "| max-throughput | max |");
         // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, producers 90%.
         assert!(row.ends_with("| 1.00 | 0.50 | 50% | 90% |"), "{row}");
+    }
+
+    #[test]
+    fn a_latency_curve_lists_its_points_by_load_beside_the_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let point = |name: &str, rep, load: f64, p99_us| {
+            let mut r = run(name, rep, 1000.0 * load, p99_us, 0);
+            r.load = Some(load);
+            if name != "fixed-rate-latency" {
+                r.curve_of = Some("fixed-rate-latency".into());
+            }
+            r
+        };
+        // Two repetitions; the points ran after the workload, in the order given.
+        let mut runs = vec![];
+        for rep in 0..2 {
+            runs.push(run("max-throughput", rep, 1000.0, 90_000, 0));
+            runs.push(point("fixed-rate-latency", rep, 0.5, 12_000 + rep as u64));
+            runs.push(point("fixed-rate-latency-75pct", rep, 0.75, 40_000));
+            runs.push(point("fixed-rate-latency-10pct", rep, 0.1, 3_000));
+        }
+        let md = write(&ours(dir.path(), runs, 2), dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        let section = md.split("## Latency by load: fixed-rate-latency").nth(1).expect("the section");
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ") && l.contains('%')).collect();
+        assert_eq!(rows.len(), 3, "{section}");
+        // By load, not by run order; p99.9 is twice p99 in these runs, end-to-end as publish.
+        assert!(
+            rows[0].starts_with("| 10% |") && rows[0].contains("| 3.00 | 6.00 |") && rows[0].contains("| all |"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[1].starts_with("| 50% |") && rows[1].contains("| not all |"), "{}", rows[1]);
+        assert!(
+            rows[2].starts_with("| 75% |") && rows[2].contains("| 40.00 | 80.00 |"),
+            "{}",
+            rows[2]
+        );
+        let svg = std::fs::read_to_string(dir.path().join("latency-by-load-fixed-rate-latency.svg")).unwrap();
+        assert!(svg.contains("publish p99 target"), "{svg}");
+        // The points have no plots of their own; the workload they repeat keeps its own.
+        assert!(!dir.path().join("latency-fixed-rate-latency-10pct.svg").exists());
+        assert!(dir.path().join("latency-fixed-rate-latency.svg").exists());
     }
 
     #[test]
