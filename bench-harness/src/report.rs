@@ -363,21 +363,28 @@ fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
                 points: vec![],
             })
             .collect();
+        // The highest load up to which every point met every latency target, if the lowest did.
+        let mut held_up_to: Option<f64> = None;
+        let mut holding = true;
         for (load, n) in &points {
             let p = |q: &str| med(&set.runs, n, &format!("/publish_latency/{q}"));
             let e2e = med(&set.runs, n, "/end_to_end_latency/p99_us");
             let met = match (p("p99_us"), p("p999_us"), e2e) {
-                (Some(p99), Some(p999), Some(e)) => {
-                    let ok = p99 < TARGET_PUBLISH_P99_US_MAX as f64
+                (Some(p99), Some(p999), Some(e)) => Some(
+                    p99 < TARGET_PUBLISH_P99_US_MAX as f64
                         && p999 < TARGET_PUBLISH_P999_US_MAX as f64
-                        && e < TARGET_END_TO_END_P99_US_MAX as f64;
-                    if ok {
-                        "all"
-                    } else {
-                        "not all"
-                    }
-                }
-                _ => "–",
+                        && e < TARGET_END_TO_END_P99_US_MAX as f64,
+                ),
+                _ => None,
+            };
+            holding &= met == Some(true);
+            if holding {
+                held_up_to = Some(*load);
+            }
+            let met = match met {
+                Some(true) => "all",
+                Some(false) => "not all",
+                None => "–",
             };
             let _ = writeln!(
                 md,
@@ -415,6 +422,10 @@ fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
             &series,
         );
         std::fs::write(out.join(format!("latency-by-load-{base}.svg")), svg)?;
+        let _ = match held_up_to {
+            Some(load) => writeln!(md, "\nEvery latency target held up to {:.0}% of the maximum.", load * 100.0),
+            None => writeln!(md, "\nThe latency targets did not all hold at any of these loads."),
+        };
         let _ = writeln!(md, "\n![{base} latency by load](latency-by-load-{base}.svg)");
     }
     Ok(())
@@ -992,11 +1003,21 @@ mod tests {
             "{}",
             rows[2]
         );
+        assert!(section.contains("Every latency target held up to 10% of the maximum."), "{section}");
         let svg = std::fs::read_to_string(dir.path().join("latency-by-load-fixed-rate-latency.svg")).unwrap();
         assert!(svg.contains("publish p99 target"), "{svg}");
         // The points have no plots of their own; the workload they repeat keeps its own.
         assert!(!dir.path().join("latency-fixed-rate-latency-10pct.svg").exists());
         assert!(dir.path().join("latency-fixed-rate-latency.svg").exists());
+
+        // A miss at the lowest load: the targets held nowhere, whatever the points above it did.
+        let runs = vec![
+            run("max-throughput", 0, 1000.0, 90_000, 0),
+            point("fixed-rate-latency", 0, 0.5, 3_000),
+            point("fixed-rate-latency-10pct", 0, 0.1, 6_000),
+        ];
+        let md = write(&ours(dir.path(), runs, 1), dir.path()).unwrap();
+        assert!(md.contains("The latency targets did not all hold at any of these loads."), "{md}");
     }
 
     #[test]
