@@ -588,12 +588,16 @@ fn format_share(pct: f64) -> String {
 mod tests {
     use super::{curve_point, curve_workload, file_safe, peer_name, soak_workload};
 
-    #[test]
-    fn a_soak_repeats_the_first_fixed_share_workload_and_refuses_without_one() {
+    /// The shipped max-throughput and fixed-rate workloads.
+    fn max_and_fixed() -> (super::WorkloadInfo, super::WorkloadInfo) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
         let load = |f: &str| super::WorkloadInfo::load(&dir.join(f)).unwrap();
-        let max = load("1-max-throughput.toml");
-        let fixed = load("2-fixed-rate-latency.toml");
+        (load("1-max-throughput.toml"), load("2-fixed-rate-latency.toml"))
+    }
+
+    #[test]
+    fn a_soak_repeats_the_first_fixed_share_workload_and_refuses_without_one() {
+        let (max, fixed) = max_and_fixed();
         let infos = [max.clone(), fixed.clone(), fixed];
         assert_eq!(soak_workload(&infos, 10).unwrap(), Some(1));
         assert_eq!(soak_workload(&infos, 0).unwrap(), None);
@@ -604,10 +608,7 @@ mod tests {
 
     #[test]
     fn a_latency_curve_repeats_the_first_fixed_share_workload_at_fractions_of_the_maximum() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
-        let load = |f: &str| super::WorkloadInfo::load(&dir.join(f)).unwrap();
-        let max = load("1-max-throughput.toml");
-        let fixed = load("2-fixed-rate-latency.toml");
+        let (max, fixed) = max_and_fixed();
         let infos = [max.clone(), fixed];
         assert_eq!(curve_workload(&infos, &[0.1, 0.25]).unwrap(), Some(1));
         assert_eq!(curve_workload(&infos, &[]).unwrap(), None);
