@@ -30,6 +30,9 @@ pub struct ProcSample {
     /// The machine's CPU pressure so far: microseconds in which some runnable task waited for a
     /// CPU (`some total` of /proc/pressure/cpu); None without PSI.
     pub cpu_pressure_us: Option<u64>,
+    /// Bytes that had arrived on the Kafka listener's connections and that the broker had not
+    /// read yet (their receive queues); None if /proc/net/tcp could not be read.
+    pub unread_bytes: Option<u64>,
 }
 
 pub struct Broker {
@@ -70,6 +73,35 @@ pub fn cpu_pressure_us() -> Option<u64> {
         .find_map(|f| f.strip_prefix("total="))?
         .parse()
         .ok()
+}
+
+/// Bytes received on established TCP connections to local `port` that their process has
+/// not read yet: the sum of the receive queues in /proc/net/tcp and /proc/net/tcp6. None if
+/// neither table can be read.
+pub fn unread_bytes(port: u16) -> Option<u64> {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    (!tables.is_empty()).then(|| tables.iter().map(|t| unread_in(t, port)).sum())
+}
+
+/// The receive queues of the established connections to local `port` in one
+/// /proc/net/tcp-format table (`sl local_address rem_address st tx_queue:rx_queue ...`, the
+/// numbers in hex; state 01 is ESTABLISHED).
+fn unread_in(table: &str, port: u16) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            if local_port != port || *f.get(3)? != "01" {
+                return None;
+            }
+            u64::from_str_radix(f.get(4)?.split_once(':')?.1, 16).ok()
+        })
+        .sum()
 }
 
 /// A plain HTTP/1.0 GET of `path` on `addr`; the body on a 200 answer.
@@ -237,6 +269,7 @@ impl Broker {
 
     fn start_sampler(&mut self) {
         let (pid, started, samples, stop) = (self.pid(), self.started, self.samples.clone(), self.stop_sampler.clone());
+        let port = self.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
         self.sampler = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 if let Some((rss_bytes, read_bytes)) = proc_counters(pid) {
@@ -246,6 +279,7 @@ impl Broker {
                         read_bytes,
                         cpu_s: proc_cpu_s(pid),
                         cpu_pressure_us: cpu_pressure_us(),
+                        unread_bytes: port.and_then(unread_bytes),
                     });
                 }
                 std::thread::sleep(SAMPLE_INTERVAL);
@@ -357,9 +391,10 @@ fn answers_api_versions(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answers_api_versions, expand_peer_command, sum_counter, Broker};
+    use super::{answers_api_versions, expand_peer_command, sum_counter, unread_bytes, unread_in, Broker};
     use std::io::{Read, Write};
     use std::path::Path;
+    use std::time::Instant;
 
     #[test]
     fn a_peer_command_gets_its_address_port_and_directory() {
@@ -464,6 +499,35 @@ mod tests {
             text.contains("exited during start-up") && text.contains("no such storage engine"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn unread_bytes_sum_the_receive_queues_of_established_connections_to_the_port() {
+        // Port 0x4A5C = 19036: two established connections (0x200 and 0x1000 unread), its
+        // listener (state 0A) and a connection from it to another port (local port 0x9C40).
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:4A5C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:4A5C 0100007F:9C40 01 00000000:00000200 00:00000000 00000000     0        0 2 1
+   2: 0100007F:4A5C 0100007F:9C41 01 00000010:00001000 00:00000000 00000000     0        0 3 1
+   3: 0100007F:9C40 0100007F:4A5C 01 00000000:00000777 00:00000000 00000000     0        0 4 1";
+        assert_eq!(unread_in(table, 0x4A5C), 0x1200);
+        assert_eq!(unread_in(table, 0x9C40), 0x777);
+        assert_eq!(unread_in(table, 1), 0);
+        assert_eq!(unread_in("", 0x4A5C), 0);
+    }
+
+    #[test]
+    fn unread_bytes_see_what_a_connection_to_a_listener_has_not_read() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        client.write_all(&[7u8; 3000]).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while unread_bytes(port) != Some(3000) {
+            assert!(Instant::now() < deadline, "unread {:?}", unread_bytes(port));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use serde_json::Value;
 
 use crate::broker::Broker;
 use crate::constants::{SOAK_RETENTION_BYTES, SOAK_SEGMENT_BYTES};
-use crate::report::{Machine, Run, RunSet};
+use crate::report::{Machine, Run, RunSet, Unread};
 use crate::workload::WorkloadInfo;
 
 #[derive(Debug, Parser)]
@@ -521,6 +521,7 @@ fn run_perf(
         }
         _ => (0, 0.0, None),
     };
+    let unread: Vec<u64> = samples.iter().filter_map(|s| s.unread_bytes).collect();
     let perf_report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
     Ok(Run {
         workload: info.name.clone(),
@@ -533,6 +534,7 @@ fn run_perf(
         broker_batch_cache_misses: batch_cache_misses,
         broker_cpu_cores: cpu_cores,
         cpu_pressure,
+        broker_unread: Unread::of(&unread),
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,
         broker_t_s: (t0, t1),

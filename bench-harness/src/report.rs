@@ -103,6 +103,10 @@ pub struct Run {
     /// kernel) waited for a CPU (Linux PSI, `some`); None without PSI. Near 1, something was
     /// queued for a core all the time.
     pub cpu_pressure: Option<f64>,
+    /// The broker's backlog of received requests over the measured window, from the 1 s
+    /// samples of its connections' receive queues: the share of samples in which some bytes
+    /// waited unread, and the median of the bytes waiting. None without samples.
+    pub broker_unread: Option<Unread>,
     pub broker_rss_before_bytes: u64,
     pub broker_rss_after_bytes: u64,
     /// Start and end of the run on the broker's sample clock.
@@ -111,6 +115,26 @@ pub struct Run {
     pub broker_samples: Vec<ProcSample>,
     /// perf's JSON report.
     pub perf: Value,
+}
+
+/// What the broker had received and not yet read, over a run's samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Unread {
+    /// Share of the samples in which some bytes waited unread.
+    pub share: f64,
+    pub median_bytes: f64,
+}
+
+impl Unread {
+    /// From the samples' unread byte counts; None without any.
+    pub fn of(bytes: &[u64]) -> Option<Unread> {
+        let median_bytes = median(bytes.iter().map(|&b| b as f64).collect())?;
+        let waiting = bytes.iter().filter(|&&b| b > 0).count();
+        Some(Unread {
+            share: waiting as f64 / bytes.len() as f64,
+            median_bytes,
+        })
+    }
 }
 
 impl Run {
@@ -324,6 +348,60 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
 }
 
 /// Writes the folder; returns the Markdown.
+/// Whether perf or the broker set the pace of the maximum-rate workloads: a broker that had
+/// received requests it had not read yet was behind what perf sent; one that had read
+/// everything in most samples was waiting for perf (or for the network between them).
+fn pace_section(md: &mut String, runs: &[Run], names: &[String], peer: Option<&str>) {
+    let at_max: Vec<&String> = names
+        .iter()
+        .filter(|n| runs.iter().any(|r| &r.workload == *n && r.broker_unread.is_some()))
+        .filter(|n| med(runs, n, "/target_rate_msg_per_s").is_some_and(|r| r == 0.0))
+        .collect();
+    if at_max.is_empty() {
+        return;
+    }
+    let who = peer.unwrap_or("the broker");
+    let _ = writeln!(
+        md,
+        "\n### Who set the pace at maximum rate{}\n",
+        peer.map(|p| format!(" ({p})")).unwrap_or_default()
+    );
+    let _ = writeln!(
+        md,
+        "Each second the harness reads the receive queues of {who}'s client connections (`/proc/net/tcp`): bytes perf \
+         had sent that {who} had not read yet. Medians over the repetitions.\n"
+    );
+    let who_cap = capitalized(who);
+    for n in at_max {
+        let Some(share) = med_some(runs, n, |r| r.broker_unread.map(|u| u.share)) else {
+            continue;
+        };
+        let bytes = med_some(runs, n, |r| r.broker_unread.map(|u| u.median_bytes));
+        let waited = med(runs, n, "/producer_wait_fraction");
+        let verdict = if share >= 0.5 {
+            format!("{who_cap} was behind what perf sent: {who}, not perf, set the pace.")
+        } else if waited.is_some_and(|w| w >= 0.5) {
+            format!("{who_cap} read what perf sent as it came, but perf's producers waited on its answers most of the time: {who}, not perf, set the pace.")
+        } else {
+            format!("{who_cap} read what perf sent as it came, and perf's producers waited on it less than half the time: perf, sharing the cores with {who}, may have set the pace.")
+        };
+        let _ = writeln!(
+            md,
+            "- {n}: requests waited unread in {} of the samples, {} MB at the median; perf's producers waited on {who} {} of \
+             the time. {verdict}",
+            percent(Some(share)),
+            num(bytes.map(|b| b / 1e6), 2),
+            percent(waited),
+        );
+    }
+}
+
+/// `s` with its first letter upper-case.
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
 /// "Latency by load": for each workload the latency curve repeated, one row per fraction of
 /// the maximum (the workload's own and the curve's points, medians over repetitions), beside
 /// the latency targets, and a plot of the percentiles against the load.
@@ -524,6 +602,10 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
             percent(med(&set.runs, n, "/producer_wait_fraction")),
         );
+    }
+    pace_section(&mut md, &set.runs, &names, None);
+    if let Some(peer) = &set.peer {
+        pace_section(&mut md, &peer.runs, &names, Some(&peer.name));
     }
     let _ = writeln!(md, "\n## Latency (perf), ms\n");
     let _ = writeln!(
@@ -895,6 +977,7 @@ mod tests {
             broker_batch_cache_misses: Some(0),
             broker_cpu_cores: 1.0,
             cpu_pressure: Some(0.5),
+            broker_unread: None,
             broker_rss_before_bytes: 1 << 20,
             broker_rss_after_bytes: 1 << 20,
             broker_t_s: (0.0, 1.0),
@@ -1018,6 +1101,55 @@ mod tests {
         ];
         let md = write(&ours(dir.path(), runs, 1), dir.path()).unwrap();
         assert!(md.contains("The latency targets did not all hold at any of these loads."), "{md}");
+    }
+
+    #[test]
+    fn the_report_says_whether_the_broker_or_perf_set_the_pace_at_maximum_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_unread = |name: &str, rep, share: f64, median_bytes: f64| {
+            let mut r = run(name, rep, 900.0, 1000, 0);
+            r.broker_unread = Some(Unread { share, median_bytes });
+            r
+        };
+        let runs = vec![
+            // Behind in 2 of 3 repetitions: the median share is 0.8.
+            with_unread("max-throughput", 0, 0.8, 2e6),
+            with_unread("max-throughput", 1, 0.1, 0.0),
+            with_unread("max-throughput", 2, 0.9, 3e6),
+            with_unread("keyed", 0, 0.2, 0.0),
+            // A fixed rate is paced by perf by design: no verdict.
+            {
+                let mut r = with_unread("fixed-rate-latency", 0, 0.0, 0.0);
+                r.perf["target_rate_msg_per_s"] = json!(400_000);
+                r
+            },
+        ];
+        let md = write(&ours(dir.path(), runs, 3), dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        assert!(!md.contains("- fixed-rate-latency:"), "{md}");
+        let max = row(&md, "- max-throughput:");
+        assert!(max.contains("in 80% of the samples, 2.00 MB at the median"), "{max}");
+        assert!(
+            max.contains("The broker was behind what perf sent: the broker, not perf, set the pace."),
+            "{max}"
+        );
+        // Read as it came; the test runs' producers waited 90% of the time.
+        let keyed = row(&md, "- keyed:");
+        assert!(
+            keyed.contains("but perf's producers waited on its answers most of the time"),
+            "{keyed}"
+        );
+        let mut idle = with_unread("keyed", 0, 0.2, 0.0);
+        idle.perf["producer_wait_fraction"] = json!(0.3);
+        let md = write(&ours(dir.path(), vec![idle], 1), dir.path()).unwrap();
+        let keyed = row(&md, "- keyed:");
+        assert!(
+            keyed.contains("perf, sharing the cores with the broker, may have set the pace"),
+            "{keyed}"
+        );
+        // Without samples of the receive queues, no section.
+        let md = write(&ours(dir.path(), vec![run("max-throughput", 0, 900.0, 1000, 0)], 1), dir.path()).unwrap();
+        assert!(!md.contains("Who set the pace"), "{md}");
     }
 
     #[test]
@@ -1226,6 +1358,7 @@ mod tests {
                     read_bytes: 0,
                     cpu_s: 0.0,
                     cpu_pressure_us: None,
+                    unread_bytes: None,
                 })
                 .collect();
             r
