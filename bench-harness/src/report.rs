@@ -348,14 +348,14 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
 }
 
 /// Writes the folder; returns the Markdown.
-/// Whether perf or the broker set the pace of the maximum-rate workloads: a broker that had
-/// received requests it had not read yet was behind what perf sent; one that had read
-/// everything in most samples was waiting for perf (or for the network between them).
+/// Whether perf or the broker set the pace of the maximum-rate workloads, from how long perf's
+/// producers waited on the broker (a full window of requests in flight, or a socket the broker
+/// had not drained), with the broker's unread receive queues beside it.
 fn pace_section(md: &mut String, runs: &[Run], names: &[String], peer: Option<&str>) {
-    let at_max: Vec<&String> = names
+    let at_max: Vec<(&String, f64)> = names
         .iter()
-        .filter(|n| runs.iter().any(|r| &r.workload == *n && r.broker_unread.is_some()))
         .filter(|n| med(runs, n, "/target_rate_msg_per_s").is_some_and(|r| r == 0.0))
+        .filter_map(|n| Some((n, med(runs, n, "/producer_wait_fraction")?)))
         .collect();
     if at_max.is_empty() {
         return;
@@ -368,38 +368,35 @@ fn pace_section(md: &mut String, runs: &[Run], names: &[String], peer: Option<&s
     );
     let _ = writeln!(
         md,
-        "Each second the harness reads the receive queues of {who}'s client connections (`/proc/net/tcp`): bytes perf \
-         had sent that {who} had not read yet. Medians over the repetitions.\n"
+        "perf's producers wait on {who} when their window of requests in flight is full or {who} has not drained \
+         their socket. Waiting at least half the time, {who} set the pace; less, perf (producing, or waiting for a \
+         core it shares with {who}) may have. Beside it, the receive queues of {who}'s client connections, sampled \
+         each second (`/proc/net/tcp`): bytes perf had sent that {who} had not read yet. A request on its way shows \
+         there too, so they do not decide alone. Medians over the repetitions.\n"
     );
-    let who_cap = capitalized(who);
-    for n in at_max {
-        let Some(share) = med_some(runs, n, |r| r.broker_unread.map(|u| u.share)) else {
-            continue;
-        };
-        let bytes = med_some(runs, n, |r| r.broker_unread.map(|u| u.median_bytes));
-        let waited = med(runs, n, "/producer_wait_fraction");
-        let verdict = if share >= 0.5 {
-            format!("{who_cap} was behind what perf sent: {who}, not perf, set the pace.")
-        } else if waited.is_some_and(|w| w >= 0.5) {
-            format!("{who_cap} read what perf sent as it came, but perf's producers waited on its answers most of the time: {who}, not perf, set the pace.")
+    for (n, waited) in at_max {
+        let verdict = if waited >= 0.5 {
+            format!("{who}, not perf, set the pace")
         } else {
-            format!("{who_cap} read what perf sent as it came, and perf's producers waited on it less than half the time: perf, sharing the cores with {who}, may have set the pace.")
+            format!("perf may have set the pace, not {who}")
+        };
+        let unread = match (
+            med_some(runs, n, |r| r.broker_unread.map(|u| u.share)),
+            med_some(runs, n, |r| r.broker_unread.map(|u| u.median_bytes)),
+        ) {
+            (Some(share), Some(bytes)) => format!(
+                "; requests waited unread in {} of the samples, {} MB at the median",
+                percent(Some(share)),
+                num(Some(bytes / 1e6), 2)
+            ),
+            _ => String::new(),
         };
         let _ = writeln!(
             md,
-            "- {n}: requests waited unread in {} of the samples, {} MB at the median; perf's producers waited on {who} {} of \
-             the time. {verdict}",
-            percent(Some(share)),
-            num(bytes.map(|b| b / 1e6), 2),
-            percent(waited),
+            "- {n}: perf's producers waited on {who} {} of the time{unread}: {verdict}.",
+            percent(Some(waited))
         );
     }
-}
-
-/// `s` with its first letter upper-case.
-fn capitalized(s: &str) -> String {
-    let mut chars = s.chars();
-    chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
 }
 
 /// "Latency by load": for each workload the latency curve repeated, one row per fraction of
@@ -1106,20 +1103,23 @@ mod tests {
     #[test]
     fn the_report_says_whether_the_broker_or_perf_set_the_pace_at_maximum_rate() {
         let dir = tempfile::tempdir().unwrap();
-        let with_unread = |name: &str, rep, share: f64, median_bytes: f64| {
+        let paced = |name: &str, rep, waited: f64, unread: Option<(f64, f64)>| {
             let mut r = run(name, rep, 900.0, 1000, 0);
-            r.broker_unread = Some(Unread { share, median_bytes });
+            r.perf["producer_wait_fraction"] = json!(waited);
+            r.broker_unread = unread.map(|(share, median_bytes)| Unread { share, median_bytes });
             r
         };
         let runs = vec![
-            // Behind in 2 of 3 repetitions: the median share is 0.8.
-            with_unread("max-throughput", 0, 0.8, 2e6),
-            with_unread("max-throughput", 1, 0.1, 0.0),
-            with_unread("max-throughput", 2, 0.9, 3e6),
-            with_unread("keyed", 0, 0.2, 0.0),
+            // Waiting most of the time in 2 of 3 repetitions: the median is 0.6.
+            paced("max-throughput", 0, 0.6, Some((0.8, 2e6))),
+            paced("max-throughput", 1, 0.1, Some((0.1, 0.0))),
+            paced("max-throughput", 2, 0.9, Some((0.9, 3e6))),
+            // Unread bytes in most samples do not decide alone.
+            paced("keyed", 0, 0.3, Some((0.7, 1e5))),
+            paced("no-samples", 0, 0.7, None),
             // A fixed rate is paced by perf by design: no verdict.
             {
-                let mut r = with_unread("fixed-rate-latency", 0, 0.0, 0.0);
+                let mut r = paced("fixed-rate-latency", 0, 0.0, Some((0.5, 1e5)));
                 r.perf["target_rate_msg_per_s"] = json!(400_000);
                 r
             },
@@ -1128,27 +1128,24 @@ mod tests {
         assert_tables_well_formed(&md);
         assert!(!md.contains("- fixed-rate-latency:"), "{md}");
         let max = row(&md, "- max-throughput:");
-        assert!(max.contains("in 80% of the samples, 2.00 MB at the median"), "{max}");
         assert!(
-            max.contains("The broker was behind what perf sent: the broker, not perf, set the pace."),
+            max.ends_with("waited on the broker 60% of the time; requests waited unread in 80% of the samples, 2.00 MB at the median: the broker, not perf, set the pace."),
             "{max}"
         );
-        // Read as it came; the test runs' producers waited 90% of the time.
         let keyed = row(&md, "- keyed:");
         assert!(
-            keyed.contains("but perf's producers waited on its answers most of the time"),
+            keyed.ends_with("0.10 MB at the median: perf may have set the pace, not the broker."),
             "{keyed}"
         );
-        let mut idle = with_unread("keyed", 0, 0.2, 0.0);
-        idle.perf["producer_wait_fraction"] = json!(0.3);
-        let md = write(&ours(dir.path(), vec![idle], 1), dir.path()).unwrap();
-        let keyed = row(&md, "- keyed:");
+        let none = row(&md, "- no-samples:");
         assert!(
-            keyed.contains("perf, sharing the cores with the broker, may have set the pace"),
-            "{keyed}"
+            none.ends_with("waited on the broker 70% of the time: the broker, not perf, set the pace."),
+            "{none}"
         );
-        // Without samples of the receive queues, no section.
-        let md = write(&ours(dir.path(), vec![run("max-throughput", 0, 900.0, 1000, 0)], 1), dir.path()).unwrap();
+        // Without a maximum-rate run, no section.
+        let mut fixed = run("fixed-rate-latency", 0, 900.0, 1000, 0);
+        fixed.perf["target_rate_msg_per_s"] = json!(400_000);
+        let md = write(&ours(dir.path(), vec![fixed], 1), dir.path()).unwrap();
         assert!(!md.contains("Who set the pace"), "{md}");
     }
 
