@@ -15,11 +15,25 @@ fn build(n: usize, value: &[u8]) -> Bytes {
     b.finish().unwrap().expect("a batch")
 }
 
+/// The keyed small-batches workload's batches: 100 B values (an 8-byte stamp and 92 bytes) with
+/// keys `key-{k}`, 16 KiB a batch.
+fn build_keyed(keys: &[Vec<u8>], value: &[u8]) -> Bytes {
+    let mut b = BatchBuilder::with_capacity(Compression::None, 16 * 1024 + 256);
+    for (i, key) in keys.iter().enumerate() {
+        let stamp = (i as u64).to_be_bytes();
+        b.append(1_700_000_000_000 + i as i64 / 16, Some(key), &[&stamp, value]);
+    }
+    b.finish().unwrap().expect("a batch")
+}
+
 fn batch(c: &mut Criterion) {
     let value = vec![7u8; 1016];
     let mut g = c.benchmark_group("batch");
     g.throughput(Throughput::Elements(128));
     g.bench_function("build 128 x 1 KiB", |b| b.iter(|| build(128, &value)));
+    let keys: Vec<Vec<u8>> = (0..128).map(|i| format!("key-{}", i * 77 % 10_000).into_bytes()).collect();
+    let small = vec![7u8; 92];
+    g.bench_function("build 128 x 100 B keyed", |b| b.iter(|| build_keyed(&keys, &small)));
     let bytes = build(128, &value);
     g.bench_function("walk 128 x 1 KiB", |b| {
         b.iter_batched(
