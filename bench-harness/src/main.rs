@@ -318,12 +318,14 @@ fn run(a: RunArgs) -> Result<()> {
                 let label = format!("{point}-rep{}", rep + 1);
                 let rate = resolve_rate(info, Some(share), &runs, &infos)?;
                 match with_broker(&label, None, &mut |broker| {
+                    // The point as a workload of its own: its name, and its share (which the
+                    // run records as its load; perf gets the rate itself).
                     let mut info = info.clone();
                     info.name = point.clone();
+                    info.rate_of_max = Some(share);
                     run_perf(&perf_bin, broker, path, &info, rep, rate, &a, &out, None)
                 }) {
                     Ok(mut run) => {
-                        run.load = Some(share);
                         run.curve_of = Some(info.name.clone());
                         runs.push(run);
                     }
