@@ -141,6 +141,36 @@ impl Run {
     fn f(&self, pointer: &str) -> Option<f64> {
         self.perf.pointer(pointer).and_then(Value::as_f64)
     }
+
+    /// The run's name in the report's lists: workload, soak or repetition.
+    fn label(&self) -> String {
+        if self.soak {
+            format!("{} (soak)", self.workload)
+        } else {
+            format!("{} (rep {})", self.workload, self.rep + 1)
+        }
+    }
+}
+
+/// One line for each run whose consumers lost their position to retention and skipped
+/// messages (perf's `consumer_offset_reset`): the tables' end-to-end latencies leave those
+/// messages out, and a reader must know.
+fn skip_lines(runs: &[Run]) -> Vec<String> {
+    runs.iter()
+        .filter_map(|r| {
+            let resets = r.f("/consumer_offset_resets").filter(|n| *n > 0.0)?;
+            Some(format!(
+                "**{}**: the consumers lost their position {resets:.0} time(s) to retention (OFFSET_OUT_OF_RANGE) and \
+                 moved to the log's {}, skipping {:.0} messages. Its end-to-end latencies leave those messages out.",
+                r.label(),
+                match r.perf["workload"]["consumer_offset_reset"].as_str() {
+                    Some("earliest") => "start",
+                    _ => "end",
+                },
+                r.f("/skipped_messages").unwrap_or(0.0),
+            ))
+        })
+        .collect()
 }
 
 /// A run's mean publish rate over its 1 s samples up to `until_s` (at least the first sample),
@@ -639,6 +669,9 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             ms(e("max_us")),
         );
     }
+    for line in skip_lines(&set.runs) {
+        let _ = writeln!(md, "\n{line}");
+    }
     curve_section(&mut md, set, out)?;
     let backlogs: Vec<&String> = names.iter().filter(|n| med(&set.runs, n, "/backlog/mb").is_some()).collect();
     if !backlogs.is_empty() {
@@ -788,6 +821,14 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
                 m.growth() * 100.0,
                 pass(m.growth() < TARGET_MEMORY_GROWTH_MAX)
             );
+            if let Some(resets) = soak.f("/consumer_offset_resets").filter(|n| *n > 0.0) {
+                let _ = writeln!(
+                    md,
+                    "\nThe soak's consumer fell behind retention {resets:.0} time(s) and skipped {:.0} messages \
+                     (see under Latency).",
+                    soak.f("/skipped_messages").unwrap_or(0.0)
+                );
+            }
         }
     } else {
         let _ = writeln!(
@@ -1381,5 +1422,28 @@ mod tests {
         assert!(flat.contains("702 → 702 MiB (max 890), +0.0%") && flat.contains("PASS"), "{flat}");
         let leak = line(soak(leaking));
         assert!(leak.contains("MISS"), "{leak}");
+        // No resets: no word of them.
+        let md = write(&set(soak(flat_with_swings)), dir.path()).unwrap();
+        assert!(!md.contains("OFFSET_OUT_OF_RANGE") && !md.contains("fell behind retention"), "{md}");
+
+        // A consumer that retention overtook is named with what it skipped, beside the memory
+        // figure and under the latencies it is missing from.
+        let mut r = soak(flat_with_swings);
+        r.perf["consumer_offset_resets"] = json!(16);
+        r.perf["skipped_messages"] = json!(123456);
+        r.perf["workload"] = json!({"consumer_offset_reset": "latest"});
+        let md = write(&set(r), dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        assert!(
+            md.contains("The soak's consumer fell behind retention 16 time(s) and skipped 123456 messages"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "**fixed-rate-latency (soak)**: the consumers lost their position 16 time(s) to retention \
+                 (OFFSET_OUT_OF_RANGE) and moved to the log's end, skipping 123456 messages."
+            ),
+            "{md}"
+        );
     }
 }

@@ -89,3 +89,6 @@ const _: () = assert!(FETCH_BYTES_MAX as usize <= RESPONSE_BYTES_MAX);
 /// Largest key space whose keys and partitions are computed once, before a run, rather than
 /// per message (`keys`): a million keys take about 18 MB, shared by all producers.
 pub const KEY_TABLE_KEYS_MAX: u64 = 1 << 20;
+
+/// Kafka's error code for a fetch position outside the partition's log (OFFSET_OUT_OF_RANGE).
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;

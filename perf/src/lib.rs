@@ -22,4 +22,4 @@ pub mod workload;
 pub use error::{Error, Result};
 pub use report::Report;
 pub use run::{run, RunOptions};
-pub use workload::{Mode, Workload};
+pub use workload::{Mode, OffsetReset, Workload};

@@ -97,6 +97,13 @@ pub struct Report {
     /// blocked on a socket whose send buffer the broker had not drained. Near 1 at maximum rate
     /// means the broker, not perf, set the pace.
     pub producer_wait_fraction: f64,
+    /// Times a consumer's position left the log (OFFSET_OUT_OF_RANGE) and moved as the
+    /// workload's `consumer_offset_reset` says, and the messages those moves skipped. Skipped
+    /// messages have no end-to-end latency: the percentiles leave out the oldest messages.
+    #[serde(default)]
+    pub consumer_offset_resets: u64,
+    #[serde(default)]
+    pub skipped_messages: u64,
     pub series: Vec<Point>,
 }
 
@@ -159,6 +166,12 @@ impl Report {
             self.perf_cpu_cores,
             self.producer_wait_fraction * 100.0
         );
+        if self.consumer_offset_resets > 0 {
+            s += &format!(
+                "consumers lost their position {} time(s) (OFFSET_OUT_OF_RANGE) and skipped {} messages, which have no end-to-end latency\n",
+                self.consumer_offset_resets, self.skipped_messages
+            );
+        }
         if let Some(e) = &self.first_error {
             s += &format!("first error: {e}\n");
         }

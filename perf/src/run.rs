@@ -32,13 +32,13 @@ use rustix::net::{SendAncillaryBuffer, SendFlags};
 use crate::batch::{walk_values, BatchBuilder, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
-    ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX,
+    ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX, OFFSET_OUT_OF_RANGE,
     PARTITION_FETCH_BYTES_MAX, PRODUCE_TIMEOUT_MS, REQUEST_BYTES_MAX, STATS_FLUSH_INTERVAL_MS,
 };
 use crate::keys::{Keys, KEY_BYTES_MAX};
 use crate::report::{Backlog, Point, Report, Throughput};
 use crate::stats::{wall_ns, Pacer, Sample};
-use crate::workload::{KeyDistributor, Mode, Workload};
+use crate::workload::{KeyDistributor, Mode, OffsetReset, Workload};
 use crate::{Error, Result};
 
 /// How to run a workload.
@@ -67,6 +67,10 @@ struct Shared {
     /// Messages acknowledged (acks 1 or all) or written (acks 0), and consumed, so far.
     acked: AtomicU64,
     consumed: AtomicU64,
+    /// Consumer positions moved after OFFSET_OUT_OF_RANGE (`consumer_offset_reset`), and the
+    /// messages the moves skipped.
+    offset_resets: AtomicU64,
+    skipped: AtomicU64,
     /// Nanoseconds producers spent waiting for the broker (a full in-flight window, or a socket
     /// it had not drained), and in total.
     broker_wait_ns: AtomicU64,
@@ -82,6 +86,11 @@ impl Shared {
 
     fn take(&self) -> Sample {
         std::mem::take(&mut *self.sample.lock().expect("no thread panics holding the sample lock"))
+    }
+
+    /// Messages the consumers are done with: read, or skipped by an offset reset.
+    fn consumed_or_skipped(&self) -> u64 {
+        self.consumed.load(Ordering::Acquire) + self.skipped.load(Ordering::Acquire)
     }
 
     fn note_error(&self, e: String) {
@@ -157,6 +166,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
                     partitions,
                     leaders: leaders.clone(),
                     from,
+                    reset: w.consumer_offset_reset,
                     record_e2e,
                     shared: shared.clone(),
                     ready: ready.clone(),
@@ -199,7 +209,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
             let released = Instant::now();
             let backlog_messages = backlog.as_ref().map_or(0, |b| b.messages);
             ticker.run(&shared, "run", warmup, duration, || {
-                if drained_at.get().is_none() && shared.consumed.load(Ordering::Acquire) >= backlog_messages {
+                if drained_at.get().is_none() && shared.consumed_or_skipped() >= backlog_messages {
                     drained_at.set(Some(released.elapsed()));
                 }
                 producers.iter().any(|h| h.is_finished())
@@ -211,7 +221,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
             let produced = join_all(producers);
             if w.mode == Mode::EndToEnd {
                 let deadline = Instant::now() + Duration::from_millis(DRAIN_TIMEOUT_MS);
-                while shared.consumed.load(Ordering::Acquire) < shared.acked.load(Ordering::Acquire)
+                while shared.consumed_or_skipped() < shared.acked.load(Ordering::Acquire)
                     && Instant::now() < deadline
                     && !consumers.iter().any(|h| h.is_finished())
                 {
@@ -267,6 +277,8 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         backlog,
         perf_cpu_cores: report.cpu_cores,
         producer_wait_fraction: shared.broker_wait_ns.load(Ordering::Acquire) as f64 / producer_ns as f64,
+        consumer_offset_resets: shared.offset_resets.load(Ordering::Acquire),
+        skipped_messages: shared.skipped.load(Ordering::Acquire),
         series: report.series,
     })
 }
@@ -964,6 +976,7 @@ struct ConsumerCtx {
     leaders: Vec<String>,
     /// -1: start at the latest offset; -2: at the earliest.
     from: i64,
+    reset: OffsetReset,
     record_e2e: bool,
     shared: Arc<Shared>,
     ready: Arc<AtomicUsize>,
@@ -1045,8 +1058,13 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
             }
             let mut count = 0;
             let mut served = HashSet::new();
+            let mut lost = Vec::new();
             for t in &response.responses {
                 for p in &t.partitions {
+                    if p.error_code == OFFSET_OUT_OF_RANGE && ctx.reset != OffsetReset::None {
+                        lost.push(p.partition_index);
+                        continue;
+                    }
                     if p.error_code != 0 {
                         return Err(Error::Broker {
                             api: "Fetch",
@@ -1072,6 +1090,9 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
                 }
             }
             ctx.shared.consumed.fetch_add(count, Ordering::AcqRel);
+            if !lost.is_empty() {
+                reset_positions(conn, &ctx, positions, &lost)?;
+            }
             // Partitions that got records go to the back, as Kafka's consumers do: a response
             // holds at most FETCH_BYTES_MAX, and a fixed order would starve the last ones.
             order.sort_by_key(|p| served.contains(p));
@@ -1082,6 +1103,25 @@ fn consumer(ctx: ConsumerCtx) -> Result<()> {
         }
     }
     ctx.shared.flush(&mut local);
+    Ok(())
+}
+
+/// Moves the positions of `lost` partitions (answered OFFSET_OUT_OF_RANGE) to where
+/// `ctx.reset` says, and counts the messages skipped: those between the old position and the
+/// new one (none when the new one is behind, as after truncation).
+fn reset_positions(conn: &mut Conn, ctx: &ConsumerCtx, positions: &mut BTreeMap<i32, i64>, lost: &[i32]) -> Result<()> {
+    let timestamp = ctx
+        .reset
+        .list_offsets_timestamp()
+        .expect("only a consumer with a reset has lost partitions");
+    let found = client::list_offsets(conn, &ctx.topic, lost, timestamp)?;
+    let mut skipped = 0;
+    for (p, to) in found {
+        let from = positions.insert(p, to).unwrap_or(to);
+        skipped += (to - from).max(0) as u64;
+    }
+    ctx.shared.offset_resets.fetch_add(lost.len() as u64, Ordering::AcqRel);
+    ctx.shared.skipped.fetch_add(skipped, Ordering::AcqRel);
     Ok(())
 }
 

@@ -21,6 +21,7 @@
 //! compression = "none"         # none | gzip | snappy | lz4 | zstd
 //! max_in_flight = 5            # requests in flight per connection
 //! consumer_backlog_mb = 0      # end-to-end: consumers wait until this much is produced
+//! consumer_offset_reset = "none" # none | earliest | latest: after OFFSET_OUT_OF_RANGE
 //! warmup_s = 5
 //! duration_s = 20
 //!
@@ -69,6 +70,31 @@ pub enum KeyDistributor {
     Random,
 }
 
+/// What a consumer does when its position has left the log (OFFSET_OUT_OF_RANGE: retention
+/// deleted the records it had not read yet), as Kafka's `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffsetReset {
+    /// The run fails: a benchmark whose consumer skipped messages measured less than it says.
+    #[default]
+    None,
+    /// Go on from the log's first offset.
+    Earliest,
+    /// Go on from the log's end, where the producers are.
+    Latest,
+}
+
+impl OffsetReset {
+    /// The ListOffsets timestamp that finds the new position; `None` for no reset.
+    pub fn list_offsets_timestamp(self) -> Option<i64> {
+        match self {
+            OffsetReset::None => None,
+            OffsetReset::Earliest => Some(-2),
+            OffsetReset::Latest => Some(-1),
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -83,6 +109,10 @@ fn batch_bytes_default() -> usize {
 }
 fn in_flight_default() -> usize {
     5
+}
+
+fn is_no_reset(r: &OffsetReset) -> bool {
+    *r == OffsetReset::None
 }
 
 /// One workload file.
@@ -127,6 +157,10 @@ pub struct Workload {
     /// `consumerBacklogSizeGB`). 0: consumers read from the start.
     #[serde(default)]
     pub consumer_backlog_mb: u64,
+    /// Where a consumer goes on after OFFSET_OUT_OF_RANGE. The report counts the resets and
+    /// the messages they skipped; those have no end-to-end latency.
+    #[serde(default, skip_serializing_if = "is_no_reset")]
+    pub consumer_offset_reset: OffsetReset,
     #[serde(default)]
     pub warmup_s: u64,
     pub duration_s: u64,
@@ -264,6 +298,13 @@ impl Workload {
                 "only end-to-end mode has consumers to hold back",
             );
         }
+        if self.consumer_offset_reset != OffsetReset::None && self.mode != Mode::EndToEnd {
+            return bad(
+                "consumer_offset_reset",
+                self.consumer_offset_reset,
+                "only end-to-end mode has tailing consumers that retention can overtake",
+            );
+        }
         if self.consumer_backlog_mb > CONSUMER_BACKLOG_MB_MAX {
             return bad(
                 "consumer_backlog_mb",
@@ -349,6 +390,23 @@ duration_s = 2
         assert!(e.contains("`consumer_backlog_mb`") && e.contains("end-to-end"), "{e}");
         let e = err(&format!("{GOOD}consumer_backlog_mb = {}\n", CONSUMER_BACKLOG_MB_MAX + 1));
         assert!(e.contains("`consumer_backlog_mb`"), "{e}");
+    }
+
+    #[test]
+    fn an_offset_reset_is_kafkas_and_only_for_tailing_consumers() {
+        assert_eq!(Workload::parse(GOOD, "x").unwrap().consumer_offset_reset, OffsetReset::None);
+        let w = Workload::parse(&format!("{GOOD}consumer_offset_reset = \"latest\"\n"), "x").unwrap();
+        assert_eq!(w.consumer_offset_reset, OffsetReset::Latest);
+        assert_eq!(w.consumer_offset_reset.list_offsets_timestamp(), Some(-1));
+        assert_eq!(OffsetReset::Earliest.list_offsets_timestamp(), Some(-2));
+        assert_eq!(OffsetReset::None.list_offsets_timestamp(), None);
+        let e = err(&format!("{GOOD}consumer_offset_reset = \"smallest\"\n"));
+        assert!(e.contains("consumer_offset_reset"), "{e}");
+        let e = err(&format!("{GOOD}consumer_offset_reset = \"earliest\"\nmode = \"consume\"\n"));
+        assert!(e.contains("`consumer_offset_reset`") && e.contains("end-to-end"), "{e}");
+        // A workload without a reset writes none into perf's JSON, as before.
+        let json = serde_json::to_value(Workload::parse(GOOD, "x").unwrap()).unwrap();
+        assert!(json.get("consumer_offset_reset").is_none(), "{json}");
     }
 
     #[test]

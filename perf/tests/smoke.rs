@@ -49,6 +49,11 @@ struct Broker {
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// With `extra` flags after the defaults.
+    fn start_with(extra: &[&str]) -> Broker {
         let bin = broker_binary();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -60,6 +65,7 @@ impl Broker {
                 // No admin listener: its default port would be shared by tests running at once.
                 .args(["--listen", &addr, "--admin-listen", "off", "--data-dir"])
                 .arg(dir.path().join("data"))
+                .args(extra)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::from(out.try_clone().unwrap()))
                 .stderr(Stdio::from(out))
@@ -204,6 +210,61 @@ fn a_backlog_run_holds_the_consumers_until_the_backlog_is_built_and_reads_it_all
     let e2e = r.end_to_end_latency.as_ref().expect("end-to-end latencies");
     assert!(e2e.max_us as f64 >= backlog.build_s * 1e6 * 0.5, "{}", r.summary());
     assert!(r.summary().contains("backlog:"), "{}", r.summary());
+}
+
+/// A consumer held back while 4 MB are produced into 2 partitions that keep about 256 KiB
+/// each: retention deletes its position before it reads (`reset` is the workload's
+/// `consumer_offset_reset`).
+fn overtaken_by_retention(b: &Broker, reset: &str) -> perf::Result<Report> {
+    let extra = format!(
+        "partitions_per_topic = 2\nmessage_size = 1000\nconsumers_per_topic = 1\nconsumer_backlog_mb = 4\n\
+         consumer_offset_reset = \"{reset}\"\n[topic_config]\n\"retention.bytes\" = \"262144\"\n\
+         \"segment.bytes\" = \"65536\"\n"
+    );
+    // `workload` sets the partitions and message size first; TOML refuses a key twice.
+    let text = format!("name = \"smoke-reset-{reset}\"\nproducers_per_topic = 1\nmode = \"end-to-end\"\nduration_s = 1\n{extra}");
+    let w = Workload::parse(&text, "reset").unwrap();
+    let opts = RunOptions {
+        bootstrap: b.addr.clone(),
+        progress: false,
+        // 4 MB at 4 MB/s: a second of backlog, ten retention passes.
+        rate: Some(4000),
+        delete_topics: true,
+    };
+    perf::run(&w, &opts)
+}
+
+#[test]
+fn a_consumer_overtaken_by_retention_fails_the_run_or_resets_and_counts_the_skipped() {
+    let b = Broker::start_with(&["--retention-check-interval-ms", "100"]);
+
+    // Without a reset, the run fails and says why: this set-up does lose the position.
+    let e = overtaken_by_retention(&b, "none").expect_err("the consumer's offset was deleted");
+    assert!(e.to_string().contains("OFFSET_OUT_OF_RANGE"), "{e}");
+
+    let r = overtaken_by_retention(&b, "latest").unwrap_or_else(|e| panic!("{e}"));
+    assert_clean(&r);
+    let backlog = r.backlog.as_ref().expect("a backlog report");
+    assert!(r.consumer_offset_resets >= 2, "each partition lost its position: {}", r.summary());
+    // From the log's end, the backlog is skipped but for what arrived between the first
+    // fetch and the reset; what the consumer read or skipped covers the backlog.
+    assert!(r.skipped_messages >= backlog.messages / 2, "{}", r.summary());
+    assert!(r.skipped_messages <= backlog.messages + r.publish.messages, "{}", r.summary());
+    assert!(backlog.drain_s.is_some(), "read or skipped within the run: {}", r.summary());
+    assert!(r.consume.messages > 0, "{}", r.summary());
+    assert!(r.summary().contains("OFFSET_OUT_OF_RANGE"), "{}", r.summary());
+
+    let r = overtaken_by_retention(&b, "earliest").unwrap_or_else(|e| panic!("{e}"));
+    assert_clean(&r);
+    let backlog = r.backlog.as_ref().expect("a backlog report");
+    assert!(r.consumer_offset_resets >= 2, "{}", r.summary());
+    assert!(r.skipped_messages > 0, "{}", r.summary());
+    // From the log's start, what retention kept of the backlog is read, not skipped.
+    assert!(r.skipped_messages < backlog.messages, "{}", r.summary());
+    // Retention keeps at least 256 KiB a partition, 128 ms at 2,000 messages a second each:
+    // the oldest message read waited at least that long.
+    let e2e = r.end_to_end_latency.as_ref().expect("end-to-end latencies");
+    assert!(e2e.max_us >= 100_000, "read retained messages: {}", r.summary());
 }
 
 #[test]
