@@ -87,3 +87,15 @@ pub const SOAK_MEMORY_WINDOW_S: f64 = 60.0;
 
 const _: () = assert!(FSYNC_WRITE_BYTES % 512 == 0);
 const _: () = assert!(MEMCPY_BYTES > 0 && TCP_CHUNK_BYTES > 0);
+
+/// The largest request frame the producer sink reads (perf's requests stay under 4 MiB).
+pub const SINK_REQUEST_BYTES_MAX: i32 = 64 * 1024 * 1024;
+
+/// perf alone against the sink: warm-up and measured seconds, at most (shorter if the run's
+/// `--warmup-s` or `--duration-s` is).
+pub const PERF_ALONE_WARMUP_S: u64 = 2;
+pub const PERF_ALONE_DURATION_S: u64 = 10;
+
+/// perf alone sending at least this many times as fast as in a run against a broker means
+/// perf's own cost did not set that run's pace.
+pub const PERF_HEADROOM_MIN: f64 = 1.5;

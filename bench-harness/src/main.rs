@@ -6,7 +6,9 @@
 //! fresh data directory on the disk the broker will use, then runs every workload (`--reps`
 //! times, interleaved, quoting medians) with perf, and optionally its produce side through
 //! librdkafka (`--rdkafka`), each run against a broker of its own started on a free port and a
-//! fresh data directory there (and stopped, and its directory removed, after the run). A workload with
+//! fresh data directory there (and stopped, and its directory removed, after the run). Before
+//! the brokers, each maximum-rate workload's producers run alone against a sink that stores
+//! nothing (`sink.rs`): how fast perf itself can send here. A workload with
 //! `rate_of_max` runs at that fraction of the median maximum measured so far by produce-only
 //! max-rate workloads with the same message size and partition count. `--soak-minutes` adds a long fixed-rate run to show
 //! whether the broker's resident memory stays flat. `--latency-curve` runs the first such
@@ -25,6 +27,7 @@ mod constants;
 mod limits;
 mod rdkafka_driver;
 mod report;
+mod sink;
 mod svg;
 mod workload;
 
@@ -36,8 +39,9 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::broker::Broker;
-use crate::constants::{SOAK_RETENTION_BYTES, SOAK_SEGMENT_BYTES};
-use crate::report::{Machine, Run, RunSet, Unread};
+use crate::constants::{PERF_ALONE_DURATION_S, PERF_ALONE_WARMUP_S, SOAK_RETENTION_BYTES, SOAK_SEGMENT_BYTES};
+use crate::report::{Machine, PerfAlone, Run, RunSet, Unread};
+use crate::sink::Sink;
 use crate::workload::WorkloadInfo;
 
 #[derive(Debug, Parser)]
@@ -217,6 +221,17 @@ fn run(a: RunArgs) -> Result<()> {
         limits.memcpy_mb_per_s
     );
 
+    // perf's own ceiling, before any broker: each maximum-rate workload's producers against a
+    // sink that stores nothing. A failure is a finding like any failed run.
+    let mut failures: Vec<String> = Vec::new();
+    let mut perf_alone = Vec::new();
+    for (path, info) in workloads.iter().zip(&infos).filter(|(_, i)| i.is_max_rate()) {
+        match run_perf_alone(&perf_bin, path, info, &a, &out) {
+            Ok(alone) => perf_alone.push(alone),
+            Err(e) => failed(&mut failures, &format!("{} (perf alone)", info.name), &e),
+        }
+    }
+
     std::fs::create_dir_all(out.join("logs"))?;
     // Every run gets a broker of its own on a fresh data directory: no run inherits another's
     // segments, cache or memory, and no run depends on topic deletion working under load.
@@ -256,7 +271,6 @@ fn run(a: RunArgs) -> Result<()> {
     let mut rdkafka_runs = Vec::new();
     // A run that fails (a broker crash above all) is a finding: it goes into the report, and
     // the other runs go on.
-    let mut failures: Vec<String> = Vec::new();
     for rep in 0..a.reps {
         for (path, info) in workloads.iter().zip(&infos) {
             let rate = resolve_rate(info, info.rate_of_max, &runs, &infos)?;
@@ -376,6 +390,7 @@ fn run(a: RunArgs) -> Result<()> {
         limits,
         runs,
         rdkafka: rdkafka_runs,
+        perf_alone,
         peer: peer_name.map(|name| report::Peer {
             name,
             command: a.peer.clone().unwrap_or_default(),
@@ -548,6 +563,53 @@ fn run_perf(
         broker_t_s: (t0, t1),
         broker_samples: Vec::new(),
         perf: perf_report,
+    })
+}
+
+/// perf's producers alone: `info`'s workload (a maximum-rate one) in produce mode against a
+/// sink that acknowledges each request as soon as it has read it, for at most
+/// `PERF_ALONE_DURATION_S` after `PERF_ALONE_WARMUP_S`. Fails if perf counts more messages
+/// acknowledged than the sink acknowledged.
+fn run_perf_alone(perf: &Path, path: &Path, info: &WorkloadInfo, a: &RunArgs, out: &Path) -> Result<PerfAlone> {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+    table.insert("mode".into(), "produce".into());
+    // Keys only end-to-end mode takes.
+    table.remove("consumer_backlog_mb");
+    table.remove("consumer_offset_reset");
+    let alone_path = out.join(format!("{}-perf-alone.toml", info.name));
+    std::fs::write(&alone_path, toml::to_string(&table)?)?;
+    let json = out.join("runs").join(format!("{}-perf-alone.json", info.name));
+    let duration = a.duration_s.unwrap_or(PERF_ALONE_DURATION_S).min(PERF_ALONE_DURATION_S);
+    let warmup = a.warmup_s.unwrap_or(PERF_ALONE_WARMUP_S).min(PERF_ALONE_WARMUP_S);
+    let sink = Sink::start()?;
+    eprintln!("== {} (perf alone, into a sink on {})", info.name, sink.addr);
+    let (cpu_before, t0) = (broker::proc_cpu_s(std::process::id()), std::time::Instant::now());
+    let status = Command::new(perf)
+        .arg(&alone_path)
+        .args(["--bootstrap", &sink.addr, "--delete-topics", "--quiet", "--json"])
+        .arg(&json)
+        .args(["--duration-s", &duration.to_string(), "--warmup-s", &warmup.to_string()])
+        .status()
+        .with_context(|| format!("running {}", perf.display()))?;
+    let sink_cpu_cores = (broker::proc_cpu_s(std::process::id()) - cpu_before) / t0.elapsed().as_secs_f64().max(1e-9);
+    if !status.success() {
+        bail!("perf failed against the sink ({status})");
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    let f = |pointer: &str| report.pointer(pointer).and_then(Value::as_f64).unwrap_or(0.0);
+    let acked = f("/publish/messages") as u64;
+    if acked > sink.records() {
+        bail!(
+            "perf counted {acked} messages acknowledged, the sink acknowledged {}",
+            sink.records()
+        );
+    }
+    Ok(PerfAlone {
+        workload: info.name.clone(),
+        msg_per_s: f("/publish/msg_per_s"),
+        mb_per_s: f("/publish/mb_per_s"),
+        perf_cpu_cores: f("/perf_cpu_cores"),
+        sink_cpu_cores,
     })
 }
 

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::broker::ProcSample;
 use crate::constants::{
-    SOAK_MEMORY_WINDOW_S, SOAK_SETTLE_S, TARGET_APPEND_RATIO_MIN, TARGET_END_TO_END_P99_US_MAX, TARGET_MEMORY_GROWTH_MAX,
-    TARGET_PUBLISH_P999_US_MAX, TARGET_PUBLISH_P99_US_MAX,
+    PERF_HEADROOM_MIN, SOAK_MEMORY_WINDOW_S, SOAK_SETTLE_S, TARGET_APPEND_RATIO_MIN, TARGET_END_TO_END_P99_US_MAX,
+    TARGET_MEMORY_GROWTH_MAX, TARGET_PUBLISH_P999_US_MAX, TARGET_PUBLISH_P99_US_MAX,
 };
 use crate::limits::Limits;
 use crate::rdkafka_driver::RdkafkaRun;
@@ -77,6 +77,18 @@ impl Machine {
                 .unwrap_or_else(|| "unknown".into()),
         }
     }
+}
+
+/// A maximum-rate workload's producers (perf, produce mode) against a sink that acknowledges
+/// every request as soon as it has read it: how fast perf alone sends on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerfAlone {
+    pub workload: String,
+    pub msg_per_s: f64,
+    pub mb_per_s: f64,
+    pub perf_cpu_cores: f64,
+    /// The sink's CPU over the run (the harness process), in cores.
+    pub sink_cpu_cores: f64,
 }
 
 /// One perf run of one workload.
@@ -202,6 +214,8 @@ pub struct RunSet {
     pub limits: Limits,
     pub runs: Vec<Run>,
     pub rdkafka: Vec<RdkafkaRun>,
+    /// perf's producers alone against a sink that stores nothing, per maximum-rate workload.
+    pub perf_alone: Vec<PerfAlone>,
     /// The same workloads against a peer broker, if one was given.
     pub peer: Option<Peer>,
     /// Runs that failed, with the error (a broker crash, a client error).
@@ -381,7 +395,7 @@ fn peer_section(md: &mut String, ours: &[Run], peer: &Peer, names: &[String]) {
 /// Whether perf or the broker set the pace of the maximum-rate workloads, from how long perf's
 /// producers waited on the broker (a full window of requests in flight, or a socket the broker
 /// had not drained), with the broker's unread receive queues beside it.
-fn pace_section(md: &mut String, runs: &[Run], names: &[String], peer: Option<&str>) {
+fn pace_section(md: &mut String, runs: &[Run], names: &[String], alone: &[PerfAlone], peer: Option<&str>) {
     let at_max: Vec<(&String, f64)> = names
         .iter()
         .filter(|n| med(runs, n, "/target_rate_msg_per_s").is_some_and(|r| r == 0.0))
@@ -402,13 +416,26 @@ fn pace_section(md: &mut String, runs: &[Run], names: &[String], peer: Option<&s
          their socket. Waiting at least half the time, {who} set the pace; less, perf (producing, or waiting for a \
          core it shares with {who}) may have. Beside it, the receive queues of {who}'s client connections, sampled \
          each second (`/proc/net/tcp`): bytes perf had sent that {who} had not read yet. A request on its way shows \
-         there too, so they do not decide alone. Medians over the repetitions.\n"
+         there too, so they do not decide alone. Medians over the repetitions. Where perf's producers waited \
+         less, perf alone (Machine limits) says whether its own cost could have set the pace: sending at least \
+         {PERF_HEADROOM_MIN}x as fast into a sink that stores nothing, it could not.\n"
     );
     for (n, waited) in at_max {
-        let verdict = if waited >= 0.5 {
-            format!("{who}, not perf, set the pace")
-        } else {
-            format!("perf may have set the pace, not {who}")
+        let headroom = alone
+            .iter()
+            .find(|p| &p.workload == n)
+            .zip(med(runs, n, "/publish/mb_per_s"))
+            .map(|(p, mb)| (p.mb_per_s / mb.max(1e-9), p.mb_per_s));
+        let verdict = match headroom {
+            _ if waited >= 0.5 => format!("{who}, not perf, set the pace"),
+            Some((x, mb)) if x >= PERF_HEADROOM_MIN => format!(
+                "not perf's own cost: alone, into a sink, perf sent {x:.1}x as fast ({mb:.0} MB/s); here it shared \
+                 the cores with {who}"
+            ),
+            Some((x, mb)) => {
+                format!("perf may have set the pace, not {who}: alone, into a sink, it sent only {x:.1}x as fast ({mb:.0} MB/s)")
+            }
+            None => format!("perf may have set the pace, not {who}"),
         };
         let unread = match (
             med_some(runs, n, |r| r.broker_unread.map(|u| u.share)),
@@ -588,7 +615,15 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
         l.fdatasync_us_p999
     );
     let _ = writeln!(md, "| loopback TCP, one connection | {:.0} MB/s |", l.tcp_loopback_mb_per_s);
-    let _ = writeln!(md, "| memcpy, 64 MiB buffers | {:.0} MB/s |\n", l.memcpy_mb_per_s);
+    let _ = writeln!(md, "| memcpy, 64 MiB buffers | {:.0} MB/s |", l.memcpy_mb_per_s);
+    for p in &set.perf_alone {
+        let _ = writeln!(
+            md,
+            "| perf alone: {}'s producers into a sink that stores nothing (perf {:.2} cores, sink {:.2}) | {:.0} MB/s |",
+            p.workload, p.perf_cpu_cores, p.sink_cpu_cores, p.mb_per_s
+        );
+    }
+    let _ = writeln!(md);
 
     if !set.failures.is_empty() {
         let _ = writeln!(md, "## Failed runs\n");
@@ -630,9 +665,9 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             percent(med(&set.runs, n, "/producer_wait_fraction")),
         );
     }
-    pace_section(&mut md, &set.runs, &names, None);
+    pace_section(&mut md, &set.runs, &names, &set.perf_alone, None);
     if let Some(peer) = &set.peer {
-        pace_section(&mut md, &peer.runs, &names, Some(&peer.name));
+        pace_section(&mut md, &peer.runs, &names, &set.perf_alone, Some(&peer.name));
     }
     let _ = writeln!(md, "\n## Latency (perf), ms\n");
     let _ = writeln!(
@@ -1060,6 +1095,7 @@ mod tests {
             limits: limits(),
             runs,
             rdkafka: vec![],
+            perf_alone: vec![],
             peer: None,
             failures: vec![],
             command: "bench-harness run".into(),
@@ -1183,6 +1219,44 @@ mod tests {
             none.ends_with("waited on the broker 70% of the time: the broker, not perf, set the pace."),
             "{none}"
         );
+        // perf alone, into a sink: with room to spare, perf's own cost is cleared; without,
+        // the verdict says how little room there was; waiting on the broker still decides first.
+        let alone = |workload: &str, mb_per_s| PerfAlone {
+            workload: workload.into(),
+            msg_per_s: mb_per_s * 1000.0,
+            mb_per_s,
+            perf_cpu_cores: 1.0,
+            sink_cpu_cores: 0.5,
+        };
+        let runs = vec![
+            paced("keyed", 0, 0.3, None),
+            paced("tight", 0, 0.3, None),
+            paced("max-throughput", 0, 0.6, None),
+        ];
+        let mut set = ours(dir.path(), runs, 1);
+        set.perf_alone = vec![alone("keyed", 2700.0), alone("tight", 1000.0), alone("max-throughput", 300.0)];
+        let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        assert!(
+            md.contains("| perf alone: keyed's producers into a sink that stores nothing (perf 1.00 cores, sink 0.50) | 2700 MB/s |"),
+            "{md}"
+        );
+        let keyed = row(&md, "- keyed:");
+        assert!(
+            keyed.ends_with(
+                "30% of the time: not perf's own cost: alone, into a sink, perf sent 3.0x as fast (2700 MB/s); here it \
+                 shared the cores with the broker."
+            ),
+            "{keyed}"
+        );
+        let tight = row(&md, "- tight:");
+        assert!(
+            tight.ends_with("perf may have set the pace, not the broker: alone, into a sink, it sent only 1.1x as fast (1000 MB/s)."),
+            "{tight}"
+        );
+        let max = row(&md, "- max-throughput:");
+        assert!(max.ends_with("the broker, not perf, set the pace."), "{max}");
+
         // Without a maximum-rate run, no section.
         let mut fixed = run("fixed-rate-latency", 0, 900.0, 1000, 0);
         fixed.perf["target_rate_msg_per_s"] = json!(400_000);
@@ -1251,6 +1325,7 @@ mod tests {
                 run("max-throughput", 0, 900.0, 9000, 0),
             ],
             rdkafka: vec![],
+            perf_alone: vec![],
             peer: Some(Peer {
                 name: "tansu".into(),
                 command: "tansu broker --kafka-listener-url tcp://{addr}".into(),
@@ -1296,6 +1371,7 @@ mod tests {
                 run("fixed-rate-latency", 0, 300.0, 6000, 0),
             ],
             rdkafka: vec![],
+            perf_alone: vec![],
             peer: None,
             failures: vec!["keyed-rep1: broker crashed".into()],
             command: "bench-harness run".into(),
@@ -1406,6 +1482,7 @@ mod tests {
             limits: limits(),
             runs: vec![r],
             rdkafka: vec![],
+            perf_alone: vec![],
             peer: None,
             failures: vec![],
             command: "bench-harness run".into(),
