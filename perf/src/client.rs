@@ -162,8 +162,14 @@ pub fn read_frame(stream: &mut TcpStream, addr: &str) -> Result<Bytes> {
             message: format!("frame size {size} from {addr} is out of bounds"),
         });
     }
-    let mut body = vec![0u8; size as usize];
-    stream.read_exact(&mut body).map_err(io)?;
+    // Into spare capacity: zeroing each fetch response first was 4.5% of perf's samples at the
+    // fixed-rate workload (450,000 msg/s); without it perf used 0.48 to 0.52 cores against
+    // 0.51 to 0.56 (3 alternating runs).
+    let mut body = Vec::with_capacity(size as usize);
+    stream.take(size as u64).read_to_end(&mut body).map_err(io)?;
+    if body.len() != size as usize {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(body.into())
 }
 
