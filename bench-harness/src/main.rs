@@ -90,7 +90,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     soak_minutes: u64,
     /// Fractions of the maximum, comma-separated (such as 0.1,0.25,0.75): in every repetition,
-    /// the first workload with `rate_of_max` runs again at each, after the workloads.
+    /// the first workload with `rate_of_max` runs again at each, after the workloads (with
+    /// `--peer`, the peer too, at each fraction of its own maximum).
     #[arg(long, value_delimiter = ',')]
     latency_curve: Vec<f64>,
     /// Use target/release/{broker,perf} as they are, without building.
@@ -325,25 +326,41 @@ fn run(a: RunArgs) -> Result<()> {
                 }
             }
         }
-        // The curve's points after the workloads, so each rests on this repetition's maximum too.
+        // The curve's points after the workloads, so each rests on this repetition's maximum
+        // too; a peer's right after ours, at the share of its own maximum.
         if let Some((path, info)) = curve_workload {
             for &share in &a.latency_curve {
                 let point = curve_point(&info.name, share);
-                let label = format!("{point}-rep{}", rep + 1);
-                let rate = resolve_rate(info, Some(share), &runs, &infos)?;
-                match with_broker(&label, None, &mut |broker| {
-                    // The point as a workload of its own: its name, and its share (which the
-                    // run records as its load; perf gets the rate itself).
-                    let mut info = info.clone();
-                    info.name = point.clone();
-                    info.rate_of_max = Some(share);
-                    run_perf(&perf_bin, broker, path, &info, rep, rate, &a, &out, None)
-                }) {
-                    Ok(mut run) => {
-                        run.curve_of = Some(info.name.clone());
-                        runs.push(run);
+                // The point as a workload of its own: its name, and its share (which the run
+                // records as its load; perf gets the rate itself).
+                let mut point_info = info.clone();
+                point_info.name = point.clone();
+                point_info.rate_of_max = Some(share);
+                let mut brokers: Vec<(Option<&str>, Option<&str>)> = vec![(None, None)];
+                if let (Some(command), Some(name)) = (a.peer.as_deref(), peer_name.as_deref()) {
+                    brokers.push((Some(command), Some(name)));
+                }
+                for (command, name) in brokers {
+                    let (label, done) = match name {
+                        Some(name) => (format!("{}-{point}-rep{}", file_safe(name), rep + 1), &mut peer_runs),
+                        None => (format!("{point}-rep{}", rep + 1), &mut runs),
+                    };
+                    let rate = match resolve_rate(info, Some(share), done, &infos) {
+                        Ok(rate) => rate,
+                        Err(e) => {
+                            failed(&mut failures, &label, &e);
+                            continue;
+                        }
+                    };
+                    match with_broker(&label, command, &mut |broker| {
+                        run_perf(&perf_bin, broker, path, &point_info, rep, rate, &a, &out, name)
+                    }) {
+                        Ok(mut run) => {
+                            run.curve_of = Some(info.name.clone());
+                            done.push(run);
+                        }
+                        Err(e) => failed(&mut failures, &label, &e),
                     }
-                    Err(e) => failed(&mut failures, &label, &e),
                 }
             }
         }

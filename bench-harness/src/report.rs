@@ -458,7 +458,8 @@ fn pace_section(md: &mut String, runs: &[Run], names: &[String], alone: &[PerfAl
 
 /// "Latency by load": for each workload the latency curve repeated, one row per fraction of
 /// the maximum (the workload's own and the curve's points, medians over repetitions), beside
-/// the latency targets, and a plot of the percentiles against the load.
+/// the latency targets, and a plot of the percentiles against the load; with a peer that ran
+/// the curve too, its table follows and its publish and end-to-end p99 join the plot.
 fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
     let mut bases: Vec<&str> = Vec::new();
     for base in set.runs.iter().filter_map(|r| r.curve_of.as_deref()) {
@@ -467,12 +468,6 @@ fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
         }
     }
     for base in bases {
-        let mut points: Vec<(f64, String)> = names(&set.runs)
-            .into_iter()
-            .filter(|n| n == base || set.runs.iter().any(|r| &r.workload == n && r.curve_of.as_deref() == Some(base)))
-            .filter_map(|n| Some((med_some(&set.runs, &n, |r| r.load)?, n)))
-            .collect();
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
         let _ = writeln!(md, "\n## Latency by load: {base} (perf, medians)\n");
         let _ = writeln!(
             md,
@@ -483,61 +478,16 @@ fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
             TARGET_PUBLISH_P999_US_MAX / 1000,
             TARGET_END_TO_END_P99_US_MAX / 1000
         );
-        let _ = writeln!(
-            md,
-            "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | broker CPU cores | perf CPU cores | a task waiting for a CPU |"
-        );
-        let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
-        let mut series: Vec<Series> = ["publish p50", "publish p99", "publish p99.9", "end-to-end p99"]
-            .iter()
-            .map(|name| Series {
-                name: (*name).into(),
-                points: vec![],
-            })
-            .collect();
-        // The highest load up to which every point met every latency target, if the lowest did.
-        let mut held_up_to: Option<f64> = None;
-        let mut holding = true;
-        for (load, n) in &points {
-            let p = |q: &str| med(&set.runs, n, &format!("/publish_latency/{q}"));
-            let e2e = med(&set.runs, n, "/end_to_end_latency/p99_us");
-            let met = match (p("p99_us"), p("p999_us"), e2e) {
-                (Some(p99), Some(p999), Some(e)) => Some(
-                    p99 < TARGET_PUBLISH_P99_US_MAX as f64
-                        && p999 < TARGET_PUBLISH_P999_US_MAX as f64
-                        && e < TARGET_END_TO_END_P99_US_MAX as f64,
-                ),
-                _ => None,
-            };
-            holding &= met == Some(true);
-            if holding {
-                held_up_to = Some(*load);
-            }
-            let met = match met {
-                Some(true) => "all",
-                Some(false) => "not all",
-                None => "–",
-            };
-            let _ = writeln!(
-                md,
-                "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} |",
-                load * 100.0,
-                num(med(&set.runs, n, "/target_rate_msg_per_s"), 0),
-                num(med(&set.runs, n, "/publish/mb_per_s"), 1),
-                ms(p("p50_us")),
-                ms(p("p99_us")),
-                ms(p("p999_us")),
-                ms(med(&set.runs, n, "/publish_round_trip_latency/p99_us")),
-                ms(e2e),
-                num(med_of(&set.runs, n, |r| r.broker_cpu_cores), 2),
-                num(med(&set.runs, n, "/perf_cpu_cores"), 2),
-                percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
-            );
-            for (s, v) in series.iter_mut().zip([p("p50_us"), p("p99_us"), p("p999_us"), e2e]) {
-                if let Some(v) = v {
-                    s.points.push((load * 100.0, v / 1000.0));
-                }
-            }
+        let mut series = curve_table(md, &set.runs, base, None);
+        if let Some(peer) = set
+            .peer
+            .as_ref()
+            .filter(|p| p.runs.iter().any(|r| r.curve_of.as_deref() == Some(base)))
+        {
+            let _ = writeln!(md, "\n{}, at the same fractions of its own maximum:\n", peer.name);
+            let theirs = curve_table(md, &peer.runs, base, Some(&peer.name));
+            // Its p99s only: eight lines would hide the comparison.
+            series.extend(theirs.into_iter().filter(|s| s.name.contains("p99 ")));
         }
         let svg = render(
             &Chart {
@@ -554,13 +504,86 @@ fn curve_section(md: &mut String, set: &RunSet, out: &Path) -> Result<()> {
             &series,
         );
         std::fs::write(out.join(format!("latency-by-load-{base}.svg")), svg)?;
-        let _ = match held_up_to {
-            Some(load) => writeln!(md, "\nEvery latency target held up to {:.0}% of the maximum.", load * 100.0),
-            None => writeln!(md, "\nThe latency targets did not all hold at any of these loads."),
-        };
         let _ = writeln!(md, "\n![{base} latency by load](latency-by-load-{base}.svg)");
     }
     Ok(())
+}
+
+/// One broker's rows of a latency curve, then the line saying up to which load every target
+/// held; returns the plot's series (named after `peer` when it is one).
+fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) -> Vec<Series> {
+    let mut points: Vec<(f64, String)> = names(runs)
+        .into_iter()
+        .filter(|n| n == base || runs.iter().any(|r| &r.workload == n && r.curve_of.as_deref() == Some(base)))
+        .filter_map(|n| Some((med_some(runs, &n, |r| r.load)?, n)))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let who = peer.unwrap_or("broker");
+    let _ = writeln!(
+        md,
+        "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | {who} CPU cores | perf CPU cores | a task waiting for a CPU |"
+    );
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    let mut series: Vec<Series> = ["publish p50", "publish p99", "publish p99.9", "end-to-end p99"]
+        .iter()
+        .map(|name| Series {
+            name: match peer {
+                Some(p) => format!("{name} ({p})"),
+                None => (*name).into(),
+            },
+            points: vec![],
+        })
+        .collect();
+    // The highest load up to which every point met every latency target, if the lowest did.
+    let mut held_up_to: Option<f64> = None;
+    let mut holding = true;
+    for (load, n) in &points {
+        let p = |q: &str| med(runs, n, &format!("/publish_latency/{q}"));
+        let e2e = med(runs, n, "/end_to_end_latency/p99_us");
+        let met = match (p("p99_us"), p("p999_us"), e2e) {
+            (Some(p99), Some(p999), Some(e)) => Some(
+                p99 < TARGET_PUBLISH_P99_US_MAX as f64
+                    && p999 < TARGET_PUBLISH_P999_US_MAX as f64
+                    && e < TARGET_END_TO_END_P99_US_MAX as f64,
+            ),
+            _ => None,
+        };
+        holding &= met == Some(true);
+        if holding {
+            held_up_to = Some(*load);
+        }
+        let met = match met {
+            Some(true) => "all",
+            Some(false) => "not all",
+            None => "–",
+        };
+        let _ = writeln!(
+            md,
+            "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} |",
+            load * 100.0,
+            num(med(runs, n, "/target_rate_msg_per_s"), 0),
+            num(med(runs, n, "/publish/mb_per_s"), 1),
+            ms(p("p50_us")),
+            ms(p("p99_us")),
+            ms(p("p999_us")),
+            ms(med(runs, n, "/publish_round_trip_latency/p99_us")),
+            ms(e2e),
+            num(med_of(runs, n, |r| r.broker_cpu_cores), 2),
+            num(med(runs, n, "/perf_cpu_cores"), 2),
+            percent(med_some(runs, n, |r| r.cpu_pressure)),
+        );
+        for (s, v) in series.iter_mut().zip([p("p50_us"), p("p99_us"), p("p999_us"), e2e]) {
+            if let Some(v) = v {
+                s.points.push((load * 100.0, v / 1000.0));
+            }
+        }
+    }
+    let of = peer.map(|p| format!("{p}'s")).unwrap_or_else(|| "the".into());
+    let _ = match held_up_to {
+        Some(load) => writeln!(md, "\nEvery latency target held up to {:.0}% of {of} maximum.", load * 100.0),
+        None => writeln!(md, "\nThe latency targets did not all hold at any of these loads."),
+    };
+    series
 }
 
 pub fn write(set: &RunSet, out: &Path) -> Result<String> {
@@ -1166,6 +1189,52 @@ mod tests {
         // The points have no plots of their own; the workload they repeat keeps its own.
         assert!(!dir.path().join("latency-fixed-rate-latency-10pct.svg").exists());
         assert!(dir.path().join("latency-fixed-rate-latency.svg").exists());
+
+        // A peer's curve: its own table under ours, and its p99s in the same plot.
+        let mut set = ours(
+            dir.path(),
+            vec![
+                point("fixed-rate-latency", 0, 0.5, 12_000),
+                point("fixed-rate-latency-10pct", 0, 0.1, 3_000),
+            ],
+            1,
+        );
+        set.peer = Some(Peer {
+            name: "tansu".into(),
+            command: "tansu".into(),
+            runs: vec![
+                point("fixed-rate-latency", 0, 0.5, 30_000),
+                point("fixed-rate-latency-10pct", 0, 0.1, 6_000),
+            ],
+        });
+        let md = write(&set, dir.path()).unwrap();
+        assert_tables_well_formed(&md);
+        let section = md.split("## Latency by load: fixed-rate-latency").nth(1).expect("the section");
+        let theirs = section
+            .split("tansu, at the same fractions of its own maximum:")
+            .nth(1)
+            .expect("the peer's table");
+        assert!(theirs.contains("| tansu CPU cores |"), "{theirs}");
+        let rows: Vec<&str> = theirs.lines().filter(|l| l.starts_with("| ") && l.contains('%')).collect();
+        assert!(
+            rows[0].starts_with("| 10% |") && rows[0].contains("| 6.00 | 12.00 |") && rows[0].contains("| not all |"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            theirs.contains("The latency targets did not all hold at any of these loads."),
+            "{theirs}"
+        );
+        assert!(
+            section.contains("Every latency target held up to 10% of the maximum."),
+            "ours first: {section}"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("latency-by-load-fixed-rate-latency.svg")).unwrap();
+        assert!(
+            svg.contains("publish p99 (tansu)") && svg.contains("end-to-end p99 (tansu)"),
+            "{svg}"
+        );
+        assert!(!svg.contains("p99.9 (tansu)") && !svg.contains("p50 (tansu)"), "{svg}");
 
         // A miss at the lowest load: the targets held nowhere, whatever the points above it did.
         let runs = vec![
