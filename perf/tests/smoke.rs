@@ -217,7 +217,8 @@ fn a_backlog_run_holds_the_consumers_until_the_backlog_is_built_and_reads_it_all
 /// `consumer_offset_reset`).
 fn overtaken_by_retention(b: &Broker, reset: &str) -> perf::Result<Report> {
     let extra = format!(
-        "partitions_per_topic = 2\nmessage_size = 1000\nconsumers_per_topic = 1\nconsumer_backlog_mb = 4\n\
+        // Batches well under a segment: the broker refuses a batch larger than segment.bytes.
+        "partitions_per_topic = 2\nmessage_size = 1000\nbatch_bytes = 16384\nconsumers_per_topic = 1\nconsumer_backlog_mb = 4\n\
          consumer_offset_reset = \"{reset}\"\n[topic_config]\n\"retention.bytes\" = \"262144\"\n\
          \"segment.bytes\" = \"65536\"\n"
     );
