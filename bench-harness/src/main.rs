@@ -40,7 +40,7 @@ use serde_json::Value;
 
 use crate::broker::Broker;
 use crate::constants::{PERF_ALONE_DURATION_S, PERF_ALONE_WARMUP_S, SOAK_RETENTION_BYTES, SOAK_SEGMENT_BYTES};
-use crate::report::{Machine, PerfAlone, Run, RunSet, Unread};
+use crate::report::{median, Machine, PerfAlone, Run, RunSet, Unread};
 use crate::sink::Sink;
 use crate::workload::WorkloadInfo;
 
@@ -163,14 +163,6 @@ fn binaries(no_build: bool) -> Result<(PathBuf, PathBuf)> {
     }
     eprintln!("using {} and {}", broker.display(), perf.display());
     Ok((broker, perf))
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
 }
 
 fn run(a: RunArgs) -> Result<()> {

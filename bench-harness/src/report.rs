@@ -224,7 +224,8 @@ pub struct RunSet {
     pub reps: usize,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The middle value (the upper one of an even count); `None` for none.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
