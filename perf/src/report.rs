@@ -37,7 +37,8 @@ pub struct Backlog {
     /// Seconds the producers took to build it.
     pub build_s: f64,
     /// Seconds from the consumers' start until they had read as many messages as the backlog
-    /// held; `None` if they had not by the end of the run.
+    /// held; `None` if they had not by the end of the run, or skipped part of it after an
+    /// offset reset first.
     pub drain_s: Option<f64>,
 }
 
@@ -158,6 +159,7 @@ impl Report {
             s += &format!("backlog: {:.0} MB built in {:.1} s; ", b.mb, b.build_s);
             s += &match (b.drain_s, b.drain_mb_per_s()) {
                 (Some(d), Some(r)) => format!("read in {d:.1} s ({r:.0} MB/s) while producing went on\n"),
+                _ if self.skipped_messages > 0 => "not read: the consumers skipped past it after an offset reset\n".to_owned(),
                 _ => "not read by the end of the run\n".to_owned(),
             };
         }

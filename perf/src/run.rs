@@ -209,7 +209,11 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
             let released = Instant::now();
             let backlog_messages = backlog.as_ref().map_or(0, |b| b.messages);
             ticker.run(&shared, "run", warmup, duration, || {
-                if drained_at.get().is_none() && shared.consumed_or_skipped() >= backlog_messages {
+                // A backlog skipped by an offset reset was not read: no drain time.
+                if drained_at.get().is_none()
+                    && shared.skipped.load(Ordering::Acquire) == 0
+                    && shared.consumed.load(Ordering::Acquire) >= backlog_messages
+                {
                     drained_at.set(Some(released.elapsed()));
                 }
                 producers.iter().any(|h| h.is_finished())
