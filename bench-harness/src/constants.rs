@@ -90,6 +90,9 @@ const _: () = assert!(MEMCPY_BYTES > 0 && TCP_CHUNK_BYTES > 0);
 
 /// The largest request frame the producer sink reads (perf's requests stay under 4 MiB).
 pub const SINK_REQUEST_BYTES_MAX: i32 = 64 * 1024 * 1024;
+/// The most partitions a sink topic may have (perf's workloads allow 100,000): a larger count
+/// is refused rather than allocated.
+pub const SINK_PARTITIONS_MAX: i32 = 100_000;
 
 /// perf alone against the sink: warm-up and measured seconds, at most (shorter if the run's
 /// `--warmup-s` or `--duration-s` is).

@@ -27,10 +27,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::constants::SINK_REQUEST_BYTES_MAX;
+use crate::constants::{SINK_PARTITIONS_MAX, SINK_REQUEST_BYTES_MAX};
 
 /// Kafka's error for a topic the broker does not have.
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+/// Kafka's error for a partition count out of bounds.
+const INVALID_PARTITIONS: i16 = 37;
 
 /// Offset 57 of a v2 record batch holds its record count; 61 is the header's length.
 const BATCH_COUNT_AT: usize = 57;
@@ -226,12 +228,13 @@ fn answer(
                 .topics
                 .iter()
                 .map(|t| {
+                    let result = CreatableTopicResult::default().with_name(t.name.clone());
                     let partitions = t.num_partitions.max(1);
+                    if partitions > SINK_PARTITIONS_MAX {
+                        return result.with_error_code(INVALID_PARTITIONS);
+                    }
                     topics.insert(t.name.to_string(), vec![0; partitions as usize]);
-                    CreatableTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_num_partitions(partitions)
-                        .with_replication_factor(1)
+                    result.with_num_partitions(partitions).with_replication_factor(1)
                 })
                 .collect();
             CreateTopicsResponse::default().with_topics(results).encode(out, version)?;
@@ -372,6 +375,17 @@ mod tests {
         );
         assert_eq!(created.topics[0].error_code, 0);
         assert_eq!(created.topics[0].num_partitions, 2);
+        // A partition count no workload asks for is refused, not allocated.
+        let huge: CreateTopicsResponse = call(
+            &mut s,
+            ApiKey::CreateTopics,
+            5,
+            12,
+            &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name("huge"))
+                .with_num_partitions(i32::MAX)]),
+        );
+        assert_eq!(huge.topics[0].error_code, INVALID_PARTITIONS);
 
         let request = |names: &[&str]| {
             MetadataRequest::default().with_topics(Some(
