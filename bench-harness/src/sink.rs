@@ -124,24 +124,22 @@ fn serve(mut stream: TcpStream, local: SocketAddr, topics: &Mutex<Topics>, recor
         let key = ApiKey::try_from(i16::from_be_bytes([body[0], body[1]])).map_err(|_| anyhow::anyhow!("unknown API key"))?;
         let version = i16::from_be_bytes([body[2], body[3]]);
         let header = RequestHeader::decode(&mut body, key.request_header_version(version))?;
+        // Size (filled in below), header, then the body straight after them.
         out.clear();
-        let answered = answer(key, version, body, local, topics, records, &mut out)?;
-        if answered {
-            let mut framed = BytesMut::with_capacity(out.len() + 16);
-            framed.put_i32(0);
-            ResponseHeader::default()
-                .with_correlation_id(header.correlation_id)
-                .encode(&mut framed, key.response_header_version(version))?;
-            framed.extend_from_slice(&out);
-            let n = (framed.len() - 4) as i32;
-            framed[..4].copy_from_slice(&n.to_be_bytes());
-            stream.write_all(&framed)?;
+        out.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(header.correlation_id)
+            .encode(&mut out, key.response_header_version(version))?;
+        if answer(key, version, body, local, topics, records, &mut out)? {
+            let n = (out.len() - 4) as i32;
+            out[..4].copy_from_slice(&n.to_be_bytes());
+            stream.write_all(&out)?;
         }
     }
 }
 
-/// Encodes the answer to one request into `out`; false for a produce with acks=0, which gets
-/// none.
+/// Appends the body of the answer to one request to `out`; false for a produce with acks=0,
+/// which gets none.
 fn answer(
     key: ApiKey,
     version: i16,
