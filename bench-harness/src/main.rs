@@ -367,19 +367,19 @@ fn run(a: RunArgs) -> Result<()> {
         };
         // Minutes at hundreds of MB/s would fill the disk: the soak's topics keep only their
         // newest segments.
-        let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
-        let mut configs = toml::Table::new();
-        configs.insert("retention.bytes".into(), SOAK_RETENTION_BYTES.to_string().into());
-        configs.insert("segment.bytes".into(), SOAK_SEGMENT_BYTES.to_string().into());
-        table.insert("topic_config".into(), configs.into());
-        // A consumer that falls behind retention then asks for deleted offsets. A run that
-        // fails there measures no memory: it goes on from the log's end instead, as a Kafka
-        // consumer with `auto.offset.reset=latest` would, and the report counts what it skipped.
-        if table.get("mode").and_then(toml::Value::as_str).unwrap_or("end-to-end") == "end-to-end" {
-            table.entry("consumer_offset_reset").or_insert_with(|| "latest".into());
-        }
-        let soak_path = out.join("soak.toml");
-        std::fs::write(&soak_path, toml::to_string(&table)?)?;
+        let soak_path = derived_workload(path, &out.join("soak.toml"), |table| {
+            let mut configs = toml::Table::new();
+            configs.insert("retention.bytes".into(), SOAK_RETENTION_BYTES.to_string().into());
+            configs.insert("segment.bytes".into(), SOAK_SEGMENT_BYTES.to_string().into());
+            table.insert("topic_config".into(), configs.into());
+            // A consumer that falls behind retention then asks for deleted offsets. A run that
+            // fails there measures no memory: it goes on from the log's end instead, as a Kafka
+            // consumer with `auto.offset.reset=latest` would, and the report counts what it
+            // skipped.
+            if table.get("mode").and_then(toml::Value::as_str).unwrap_or("end-to-end") == "end-to-end" {
+                table.entry("consumer_offset_reset").or_insert_with(|| "latest".into());
+            }
+        })?;
         match with_broker("soak", None, &mut |broker| {
             run_perf(&perf_bin, broker, &soak_path, info, usize::MAX, rate, &soak, &out, None)
         }) {
@@ -575,18 +575,26 @@ fn run_perf(
     })
 }
 
+/// Writes the workload file at `path`, changed by `edit`, to `to` (in the report folder, so
+/// the report keeps what perf ran), and returns `to`. perf validates the result.
+fn derived_workload(path: &Path, to: &Path, edit: impl FnOnce(&mut toml::Table)) -> Result<PathBuf> {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+    edit(&mut table);
+    std::fs::write(to, toml::to_string(&table)?)?;
+    Ok(to.to_path_buf())
+}
+
 /// perf's producers alone: `info`'s workload (a maximum-rate one) in produce mode against a
 /// sink that acknowledges each request as soon as it has read it, for at most
 /// `PERF_ALONE_DURATION_S` after `PERF_ALONE_WARMUP_S`. Fails if perf counts more messages
 /// acknowledged than the sink acknowledged.
 fn run_perf_alone(perf: &Path, path: &Path, info: &WorkloadInfo, a: &RunArgs, out: &Path) -> Result<PerfAlone> {
-    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
-    table.insert("mode".into(), "produce".into());
-    // Keys only end-to-end mode takes.
-    table.remove("consumer_backlog_mb");
-    table.remove("consumer_offset_reset");
-    let alone_path = out.join(format!("{}-perf-alone.toml", info.name));
-    std::fs::write(&alone_path, toml::to_string(&table)?)?;
+    let alone_path = derived_workload(path, &out.join(format!("{}-perf-alone.toml", info.name)), |table| {
+        table.insert("mode".into(), "produce".into());
+        // Keys only end-to-end mode takes.
+        table.remove("consumer_backlog_mb");
+        table.remove("consumer_offset_reset");
+    })?;
     let json = out.join("runs").join(format!("{}-perf-alone.json", info.name));
     let duration = a.duration_s.unwrap_or(PERF_ALONE_DURATION_S).min(PERF_ALONE_DURATION_S);
     let warmup = a.warmup_s.unwrap_or(PERF_ALONE_WARMUP_S).min(PERF_ALONE_WARMUP_S);
