@@ -89,8 +89,8 @@ impl BatchBuilder {
         BatchBuilder::with_capacity(compression, 0)
     }
 
-    /// A builder that reserves `capacity` bytes when a batch starts: a producer's batch size
-    /// and one record more. Grown by doubling instead, a 128 KiB batch was reallocated and
+    /// A builder that reserves `capacity` bytes when a batch starts: a producer's batch size,
+    /// or one record when that is larger. Grown by doubling instead, a 128 KiB batch was reallocated and
     /// copied a dozen times.
     pub fn with_capacity(compression: Compression, capacity: usize) -> BatchBuilder {
         BatchBuilder {

@@ -4,7 +4,8 @@
 //! Producer: one sender thread and, per leader, one connection with a reader thread. The
 //! sender generates messages on the pacer's schedule into one open batch per partition
 //! (null keys fill one partition at a time, like Kafka's sticky partitioner; keyed messages go
-//! to `crc32c(key) % partitions`), seals a batch when it reaches `batch_bytes`, or when it is
+//! to `crc32c(key) % partitions`), seals a batch when another record would take it past
+//! `batch_bytes` (Kafka's `batch.size`: a batch outgrows it only by a single larger record), or when it is
 //! `linger_ms` old and its connection has a free slot, and sends sealed batches, at most one
 //! per partition per request, while fewer than `max_in_flight` requests are outstanding. The
 //! reader matches responses to requests in order and records publish latency for every message
@@ -29,7 +30,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceResponse};
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 
-use crate::batch::{walk_values, BatchBuilder, RECORD_OVERHEAD_BYTES_MAX};
+use crate::batch::{walk_values, BatchBuilder, HEADER_BYTES, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
     ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX, OFFSET_OUT_OF_RANGE,
@@ -609,9 +610,8 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
             },
         );
     }
-    // A batch is sealed once it reaches `batch_bytes`, so it holds at most one record more.
-    let record_bytes_max = w.message_size + KEY_BYTES_MAX + RECORD_OVERHEAD_BYTES_MAX;
-    let batch_capacity = w.batch_bytes + record_bytes_max;
+    // A batch holds at most `batch_bytes`, or one record when that record is larger.
+    let batch_capacity = w.batch_bytes.max(HEADER_BYTES + record_bytes_max(w));
     let mut open: Vec<OpenBatch> = (0..n)
         .map(|_| OpenBatch {
             builder: BatchBuilder::with_capacity(w.compression, batch_capacity),
@@ -693,7 +693,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                 // Value bytes only, exactly what sending gives back: counting keys here leaked
                 // their bytes until generation stopped for good (keyed workloads stalled).
                 buffered_bytes += w.message_size;
-                if ob.builder.uncompressed_bytes() >= w.batch_bytes {
+                if batch_full(&ob.builder, w) {
                     seal(&mut open, &mut sealed, p)?;
                     open_list.retain(|&q| q != p);
                     if w.key_distributor == KeyDistributor::None {
@@ -826,14 +826,25 @@ fn next_wake_ns(pacer: &Pacer, w: &Workload, sticky: &BatchBuilder) -> u64 {
     if w.key_distributor != KeyDistributor::None {
         return pacer.next_intended_ns();
     }
-    // An upper bound on a record's size, so the estimate wakes at or before the filling one.
-    let record_bytes_max = w.message_size + RECORD_OVERHEAD_BYTES_MAX;
-    let to_fill = w
-        .batch_bytes
-        .saturating_sub(sticky.uncompressed_bytes())
-        .div_ceil(record_bytes_max)
-        .max(1);
+    // Records of the upper bound's size would fill the batch soonest, so the estimate wakes at
+    // or before the filling one: the batch is full once the next record could overflow it.
+    let record = record_bytes_max(w);
+    let to_fill = w.batch_bytes.saturating_sub(sticky.uncompressed_bytes() + record) / record + 1;
     pacer.intended_ns_after(to_fill as u64 - 1)
+}
+
+/// An upper bound on the size of one of the workload's records in a batch.
+fn record_bytes_max(w: &Workload) -> usize {
+    w.message_size + KEY_BYTES_MAX + RECORD_OVERHEAD_BYTES_MAX
+}
+
+/// Whether the batch has no room left for another record within `batch_bytes`, as Kafka's
+/// producer decides with `batch.size`: a batch is never sealed past it (unless its one record
+/// is larger), so a 1 MiB batch stays under a broker's `max.message.bytes` of Kafka's default
+/// (1,048,588 bytes). Sealing only once a batch reached `batch_bytes` let it grow by a record
+/// more, and the broker refused such batches (MESSAGE_TOO_LARGE).
+fn batch_full(b: &BatchBuilder, w: &Workload) -> bool {
+    !b.is_empty() && b.uncompressed_bytes() + record_bytes_max(w) > w.batch_bytes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1194,6 +1205,37 @@ mod tests {
         Workload::parse(&text, "test").expect("workload parses")
     }
 
+    /// A sealed batch stays within `batch_bytes` (Kafka's `batch.size`), keys included, so a
+    /// 1 MiB batch fits a broker's default `max.message.bytes` of 1,048,588; only a record larger
+    /// than `batch_bytes` makes a batch of its own that is larger.
+    #[test]
+    fn batches_are_sealed_before_they_outgrow_batch_bytes() {
+        for (message_size, batch_bytes) in [(1024, 1_048_576), (1024, 131_072), (100, 16_384), (5000, 4096)] {
+            let mut w = workload("random");
+            w.message_size = message_size;
+            w.batch_bytes = batch_bytes;
+            let mut b = BatchBuilder::new(w.compression);
+            let value = vec![7u8; message_size];
+            let key = [b'k'; KEY_BYTES_MAX];
+            let mut records = 0;
+            while !batch_full(&b, &w) {
+                b.append(0, Some(&key), &[&value]);
+                records += 1;
+            }
+            let bytes = b.finish().expect("batch finishes").expect("batch has records").len();
+            if message_size < batch_bytes {
+                assert!(bytes <= batch_bytes, "{bytes} bytes in a batch of at most {batch_bytes}");
+                // Full means one more record of this size would not have fitted.
+                assert!(
+                    bytes + message_size + KEY_BYTES_MAX > batch_bytes,
+                    "sealed early: {bytes} of {batch_bytes}"
+                );
+            } else {
+                assert_eq!(records, 1, "a record larger than batch_bytes goes alone");
+            }
+        }
+    }
+
     /// The sticky producer sleeps until the message that fills its batch is due, never past it.
     #[test]
     fn a_sticky_producer_wakes_when_the_message_filling_its_batch_is_due() {
@@ -1204,12 +1246,12 @@ mod tests {
         let mut now = 0;
         let mut wakes = 0;
         // Fill one batch, generating only at the wake-ups the estimate asks for.
-        while b.uncompressed_bytes() < w.batch_bytes || b.is_empty() {
+        while !batch_full(&b, &w) {
             now = now.max(next_wake_ns(&pacer, &w, &b));
             wakes += 1;
             while let Some(t) = pacer.next_due(now) {
                 b.append((t / 1_000_000) as i64, None, &[&value]);
-                if b.uncompressed_bytes() >= w.batch_bytes {
+                if batch_full(&b, &w) {
                     // The filling message is generated no later than it is due.
                     assert_eq!(t, now, "woke after the filling message was due");
                     break;
