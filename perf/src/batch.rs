@@ -90,8 +90,8 @@ impl BatchBuilder {
     }
 
     /// A builder that reserves `capacity` bytes when a batch starts: a producer's batch size,
-    /// or one record when that is larger. Grown by doubling instead, a 128 KiB batch was reallocated and
-    /// copied a dozen times.
+    /// or one record when that is larger. Grown by doubling instead, a 128 KiB batch was
+    /// reallocated and copied a dozen times.
     pub fn with_capacity(compression: Compression, capacity: usize) -> BatchBuilder {
         BatchBuilder {
             compression,

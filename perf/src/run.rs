@@ -4,11 +4,11 @@
 //! Producer: one sender thread and, per leader, one connection with a reader thread. The
 //! sender generates messages on the pacer's schedule into one open batch per partition
 //! (null keys fill one partition at a time, like Kafka's sticky partitioner; keyed messages go
-//! to `crc32c(key) % partitions`), seals a batch when another record would take it past
-//! `batch_bytes` (Kafka's `batch.size`: a batch outgrows it only by a single larger record), or when it is
-//! `linger_ms` old and its connection has a free slot, and sends sealed batches, at most one
-//! per partition per request, while fewer than `max_in_flight` requests are outstanding. The
-//! reader matches responses to requests in order and records publish latency for every message
+//! to `crc32c(key) % partitions`), seals a batch when another record could take it past
+//! `batch_bytes` (Kafka's `batch.size`: only a single larger record makes a larger batch), or
+//! when it is `linger_ms` old and its connection has a free slot, and sends sealed batches, at
+//! most one per partition per request, while fewer than `max_in_flight` requests are
+//! outstanding. The reader matches responses to requests in order and records publish latency for every message
 //! of a batch from its intended send time. Every value starts with that time (8 bytes, big-endian wall-clock ns);
 //! consumers subtract it from the time a fetch response arrived: end-to-end latency.
 //!
@@ -841,8 +841,8 @@ fn record_bytes_max(w: &Workload) -> usize {
 /// Whether the batch has no room left for another record within `batch_bytes`, as Kafka's
 /// producer decides with `batch.size`: a batch is never sealed past it (unless its one record
 /// is larger), so a 1 MiB batch stays under a broker's `max.message.bytes` of Kafka's default
-/// (1,048,588 bytes). Sealing only once a batch reached `batch_bytes` let it grow by a record
-/// more, and the broker refused such batches (MESSAGE_TOO_LARGE).
+/// (1,048,588 bytes). Sealed only once it reached `batch_bytes`, a batch could grow by a record
+/// more, past that limit.
 fn batch_full(b: &BatchBuilder, w: &Workload) -> bool {
     !b.is_empty() && b.uncompressed_bytes() + record_bytes_max(w) > w.batch_bytes
 }
