@@ -30,6 +30,8 @@ pub struct ProcSample {
     /// The machine's CPU pressure so far: microseconds in which some runnable task waited for a
     /// CPU (`some total` of /proc/pressure/cpu); None without PSI.
     pub cpu_pressure_us: Option<u64>,
+    /// The machine's idle CPU time so far, in seconds (see `machine_idle_s`).
+    pub machine_idle_s: Option<f64>,
     /// Bytes that had arrived on the Kafka listener's connections and that the broker had not
     /// read yet (their receive queues); None if /proc/net/tcp could not be read.
     pub unread_bytes: Option<u64>,
@@ -73,6 +75,22 @@ pub fn cpu_pressure_us() -> Option<u64> {
         .find_map(|f| f.strip_prefix("total="))?
         .parse()
         .ok()
+}
+
+/// The machine's idle CPU time so far, in seconds over all CPUs, from /proc/stat; None if it
+/// cannot be read.
+pub fn machine_idle_s() -> Option<f64> {
+    idle_s_of(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// Idle and iowait time of the `cpu` line of a /proc/stat text (`cpu user nice system idle
+/// iowait ...`, in USER_HZ ticks of 1/100 s), in seconds. A CPU in iowait has nothing to run:
+/// it counts as idle.
+fn idle_s_of(stat: &str) -> Option<f64> {
+    let mut ticks = stat.lines().find(|l| l.starts_with("cpu "))?.split_whitespace().skip(4);
+    let idle: f64 = ticks.next()?.parse().ok()?;
+    let iowait: f64 = ticks.next()?.parse().ok()?;
+    Some((idle + iowait) / 100.0)
 }
 
 /// Bytes received on established TCP connections to local `port` that their process has
@@ -279,6 +297,7 @@ impl Broker {
                         read_bytes,
                         cpu_s: proc_cpu_s(pid),
                         cpu_pressure_us: cpu_pressure_us(),
+                        machine_idle_s: machine_idle_s(),
                         unread_bytes: port.and_then(unread_bytes),
                     });
                 }
@@ -391,10 +410,23 @@ fn answers_api_versions(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answers_api_versions, expand_peer_command, sum_counter, unread_bytes, unread_in, Broker};
+    use super::{answers_api_versions, expand_peer_command, idle_s_of, machine_idle_s, sum_counter, unread_bytes, unread_in, Broker};
     use std::io::{Read, Write};
     use std::path::Path;
     use std::time::Instant;
+
+    /// Idle time is the `cpu` line's idle and iowait ticks, not another CPU's line or field.
+    #[test]
+    fn idle_time_is_idle_and_iowait_of_all_cpus() {
+        let stat = "cpu  100 5 50 7000 300 0 20 0 0 0\ncpu0 50 2 25 3400 100 0 10 0 0 0\nintr 1 2 3\n";
+        assert_eq!(idle_s_of(stat), Some(73.0));
+        assert_eq!(idle_s_of("cpu0 1 2 3 4 5\n"), None, "no all-CPU line");
+        assert_eq!(idle_s_of("cpu  1 2 3\n"), None, "no idle or iowait field");
+        // This machine's own counter exists and only grows.
+        let a = machine_idle_s().expect("/proc/stat has a cpu line");
+        let b = machine_idle_s().expect("/proc/stat has a cpu line");
+        assert!(b >= a, "{b} < {a}");
+    }
 
     #[test]
     fn a_peer_command_gets_its_address_port_and_directory() {

@@ -542,16 +542,22 @@ fn run_perf(
         .into_iter()
         .filter(|s| s.t_s >= t0 + warmup + 1.0 && s.t_s <= t1)
         .collect();
-    let (read_bytes, cpu_cores, cpu_pressure) = match (samples.first(), samples.last()) {
+    let (read_bytes, cpu_cores, cpu_pressure, idle_cores) = match (samples.first(), samples.last()) {
         (Some(a), Some(b)) if b.t_s > a.t_s => {
             let secs = b.t_s - a.t_s;
             let pressure = a
                 .cpu_pressure_us
                 .zip(b.cpu_pressure_us)
                 .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / secs);
-            (b.read_bytes.saturating_sub(a.read_bytes), (b.cpu_s - a.cpu_s) / secs, pressure)
+            let idle = a.machine_idle_s.zip(b.machine_idle_s).map(|(a, b)| (b - a).max(0.0) / secs);
+            (
+                b.read_bytes.saturating_sub(a.read_bytes),
+                (b.cpu_s - a.cpu_s) / secs,
+                pressure,
+                idle,
+            )
         }
-        _ => (0, 0.0, None),
+        _ => (0, 0.0, None, None),
     };
     let unread: Vec<u64> = samples.iter().filter_map(|s| s.unread_bytes).collect();
     let perf_report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
@@ -566,6 +572,7 @@ fn run_perf(
         broker_batch_cache_misses: batch_cache_misses,
         broker_cpu_cores: cpu_cores,
         cpu_pressure,
+        machine_idle_cores: idle_cores,
         broker_unread: Unread::of(&unread),
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,

@@ -115,6 +115,11 @@ pub struct Run {
     /// kernel) waited for a CPU (Linux PSI, `some`); None without PSI. Near 1, something was
     /// queued for a core all the time.
     pub cpu_pressure: Option<f64>,
+    /// The machine's idle CPU over the measured window, in cores (idle and iowait, /proc/stat);
+    /// None if it could not be read. The cores used by neither the broker, perf nor idleness
+    /// went to the kernel's work for them outside both processes (network softirqs, the
+    /// filesystem's I/O completion workers) and to anything else running.
+    pub machine_idle_cores: Option<f64>,
     /// The broker's backlog of received requests over the measured window, from the 1 s
     /// samples of its connections' receive queues: the share of samples in which some bytes
     /// waited unread, and the median of the bytes waiting. None without samples.
@@ -522,9 +527,9 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
     let who = peer.unwrap_or("broker");
     let _ = writeln!(
         md,
-        "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | {who} CPU cores | perf CPU cores | a task waiting for a CPU |"
+        "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | {who} CPU cores | perf CPU cores | a task waiting for a CPU | idle cores |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
     let mut series: Vec<Series> = ["publish p50", "publish p99", "publish p99.9", "end-to-end p99"]
         .iter()
         .map(|name| Series {
@@ -560,7 +565,7 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
         };
         let _ = writeln!(
             md,
-            "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} |",
+            "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} | {} |",
             load * 100.0,
             num(med(runs, n, "/target_rate_msg_per_s"), 0),
             num(med(runs, n, "/publish/mb_per_s"), 1),
@@ -572,6 +577,7 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
             num(med_of(runs, n, |r| r.broker_cpu_cores), 2),
             num(med(runs, n, "/perf_cpu_cores"), 2),
             percent(med_some(runs, n, |r| r.cpu_pressure)),
+            num(med_some(runs, n, |r| r.machine_idle_cores), 2),
         );
         for (s, v) in series.iter_mut().zip([p("p50_us"), p("p99_us"), p("p999_us"), e2e]) {
             if let Some(v) = v {
@@ -603,7 +609,10 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(
         md,
         "Method: the release broker on a fresh data directory, one shard per core; perf (this repository's load generator, \
-         Kafka protocol only) on the same machine, so broker and load generator share the cores. Figures are medians of {} \
+         Kafka protocol only) on the same machine, so broker and load generator share the cores. Idle cores are the \
+         machine's idle time (idle and iowait in /proc/stat) over a run's measured window; what the broker, perf and \
+         idleness leave of the cores went to kernel work outside both processes (network softirqs, the filesystem's I/O \
+         completion workers). Figures are medians of {} \
          repetition(s) per workload, each metric separately; latencies count from each message's intended send time \
          (coordinated omission corrected at fixed rates). MB is 10^6 bytes of record values. The machine's limits below were \
          measured in this run, on the same disk, before the broker started.\n",
@@ -664,16 +673,16 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(md, "## Throughput (perf)\n");
     let _ = writeln!(
         md,
-        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | a task waiting for a CPU | producers waiting on broker |"
+        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | a task waiting for a CPU | idle cores | producers waiting on broker |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in &names {
         let pub_mb = med(&set.runs, n, "/publish/mb_per_s");
         let cons_mb = med(&set.runs, n, "/consume/mb_per_s");
         let rate = med(&set.runs, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rate.map_or("max".into(), |r| format!("{r:.0}")),
             num(med(&set.runs, n, "/publish/msg_per_s"), 0),
             num(pub_mb, 1),
@@ -686,6 +695,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             num(med_of(&set.runs, n, |r| r.broker_cpu_cores), 2),
             num(med(&set.runs, n, "/perf_cpu_cores"), 2),
             percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
+            num(med_some(&set.runs, n, |r| r.machine_idle_cores), 2),
             percent(med(&set.runs, n, "/producer_wait_fraction")),
         );
     }
@@ -1074,6 +1084,7 @@ mod tests {
             broker_batch_cache_misses: Some(0),
             broker_cpu_cores: 1.0,
             cpu_pressure: Some(0.5),
+            machine_idle_cores: Some(0.25),
             broker_unread: None,
             broker_rss_before_bytes: 1 << 20,
             broker_rss_after_bytes: 1 << 20,
@@ -1135,7 +1146,7 @@ mod tests {
     }
 
     #[test]
-    fn every_table_is_well_formed_and_throughput_shows_cpu_pressure() {
+    fn every_table_is_well_formed_and_throughput_shows_cpu_use() {
         let dir = tempfile::tempdir().unwrap();
         let runs = vec![
             run("max-throughput", 0, 750.0, 1000, 0),
@@ -1144,8 +1155,9 @@ mod tests {
         let md = write(&ours(dir.path(), runs, 1), dir.path()).unwrap();
         assert_tables_well_formed(&md);
         let row = row(&md, "| max-throughput | max |");
-        // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, producers 90%.
-        assert!(row.ends_with("| 1.00 | 0.50 | 50% | 90% |"), "{row}");
+        // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, 0.25 cores idle,
+        // producers 90%.
+        assert!(row.ends_with("| 1.00 | 0.50 | 50% | 0.25 | 90% |"), "{row}");
     }
 
     #[test]
@@ -1542,6 +1554,7 @@ mod tests {
                     read_bytes: 0,
                     cpu_s: 0.0,
                     cpu_pressure_us: None,
+                    machine_idle_s: None,
                     unread_bytes: None,
                 })
                 .collect();
