@@ -73,6 +73,11 @@ pub struct Report {
     /// Length of the measured window (after warm-up; in consume mode, until the consumers
     /// caught up or the duration ended).
     pub measured_s: f64,
+    /// Seconds from the start of the run (before its topics were created) to the start of the
+    /// measured window: set-up, warm-up and, with a backlog, building it. With `measured_s` it
+    /// places the window on another clock, such as the broker samples of bench-harness.
+    #[serde(default)]
+    pub measured_from_s: f64,
     pub publish: Throughput,
     pub consume: Throughput,
     /// Messages the broker refused (error codes in produce responses).

@@ -114,6 +114,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         }
         (None, None) => w.producer_rate,
     };
+    let started = Instant::now();
     let suffix = format!("{:06x}", (wall_ns() / 1000) & 0xff_ffff);
     let topics: Vec<String> = (0..w.topics).map(|i| format!("{}-{suffix}-{i}", w.name)).collect();
     let mut admin = Conn::open(&opts.bootstrap)?;
@@ -272,6 +273,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
         topics,
         target_rate_msg_per_s: rate,
         measured_s: report.measured_s,
+        measured_from_s: report.measured_from.map_or(0.0, |t| t.duration_since(started).as_secs_f64()),
         publish: report.publish,
         consume: report.consume,
         publish_errors: report.total.publish_errors,
@@ -347,6 +349,8 @@ fn cpu_s() -> f64 {
 /// What the ticker measured.
 struct Measured {
     measured_s: f64,
+    /// When the measured window began; None if it never did.
+    measured_from: Option<Instant>,
     publish: Throughput,
     consume: Throughput,
     total: Sample,
@@ -362,6 +366,8 @@ struct Ticker {
     /// Counts within the measured window only (throughput).
     window: Sample,
     measured_s: f64,
+    /// The start of the first interval that counted.
+    measured_from: Option<Instant>,
     cpu_s: f64,
     series: Vec<Point>,
 }
@@ -373,6 +379,7 @@ impl Ticker {
             total: Sample::default(),
             window: Sample::default(),
             measured_s: 0.0,
+            measured_from: None,
             cpu_s: 0.0,
             series: Vec::new(),
         }
@@ -403,6 +410,7 @@ impl Ticker {
             // from the start, and so does the end of the warm-up.
             let measuring = last >= measure_from;
             if measuring {
+                self.measured_from.get_or_insert(last);
                 self.total.add(&interval);
                 self.window.add(&interval);
                 self.measured_s += secs;
@@ -467,6 +475,7 @@ impl Ticker {
         let s = self.measured_s;
         Measured {
             measured_s: s,
+            measured_from: self.measured_from,
             publish: Throughput::over(self.window.published_messages, self.window.published_bytes, s),
             consume: Throughput::over(self.window.consumed_messages, self.window.consumed_bytes, s),
             total: self.total,

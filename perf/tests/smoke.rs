@@ -162,6 +162,18 @@ fn end_to_end_at_a_fixed_rate_consumes_everything_acknowledged() {
     assert!(!r.series.is_empty());
 }
 
+/// perf reports where its measured window lies in the run, after set-up and warm-up: bench-harness
+/// places the window on the broker's samples with it, and so leaves out the drain and the topics'
+/// deletion after it.
+#[test]
+fn the_measured_window_starts_after_the_warm_up() {
+    let b = Broker::start();
+    let r = run(&b, &workload("smoke-window", Mode::Produce, "warmup_s = 1\n"), Some(2000));
+    assert_clean(&r);
+    assert!((1.0..10.0).contains(&r.measured_from_s), "window from {} s", r.measured_from_s);
+    assert!((0.9..3.0).contains(&r.measured_s), "window of {} s", r.measured_s);
+}
+
 #[test]
 fn keyed_compressed_max_rate_and_produce_only_runs_are_clean() {
     let b = Broker::start();
