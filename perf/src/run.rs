@@ -8,9 +8,10 @@
 //! `batch_bytes` (Kafka's `batch.size`: only a single larger record makes a larger batch), or
 //! when it is `linger_ms` old and its connection has a free slot, and sends sealed batches, at
 //! most one per partition per request, while fewer than `max_in_flight` requests are
-//! outstanding. The reader matches responses to requests in order and records publish latency for every message
-//! of a batch from its intended send time. Every value starts with that time (8 bytes, big-endian wall-clock ns);
-//! consumers subtract it from the time a fetch response arrived: end-to-end latency.
+//! outstanding. The reader matches responses to requests in order and records publish latency
+//! for every message of a batch from its intended send time. Every value starts with that time
+//! (8 bytes, big-endian wall-clock ns); consumers subtract it from the time a fetch response
+//! arrived: end-to-end latency.
 //!
 //! Consumer: one thread, one connection per leader, plain fetches from positions it keeps
 //! itself (no consumer group), starting at the latest offset (end-to-end) or the earliest
