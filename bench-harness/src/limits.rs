@@ -107,6 +107,18 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
     })
 }
 
+/// The O_DIRECT append bandwidth alone, in MB/s, taken as `measure` takes it. The harness takes
+/// it again just before each maximum-rate run: the disk of a shared machine drifts over a run of
+/// half an hour (see ARCHITECTURE.md), and a run's share of the raw append is then a share of
+/// what the disk gave at that time.
+pub fn disk_append_now(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_bytes: u64) -> Result<f64> {
+    let (alignment, _) = alignment(dir);
+    let write_bytes = write_bytes.div_ceil(alignment) * alignment;
+    let (mb_per_s, path) = disk_append(dir, "raw-append-now.tmp", write_bytes, depth, preallocate_step_bytes, alignment)?;
+    std::fs::remove_file(&path)?;
+    Ok(mb_per_s)
+}
+
 /// The logical block size of the device holding `dir`, from sysfs; 4096 only if unreadable.
 fn alignment(dir: &Path) -> (usize, String) {
     match queue_attribute(dir, "logical_block_size").and_then(|v| v.parse::<usize>().ok()) {

@@ -258,6 +258,30 @@ fn run(a: RunArgs) -> Result<()> {
             (Ok(_), Err(stop)) => Err(stop.context(format!("{label}; broker log {}", log.display()))),
         }
     };
+    // The raw append again just before each maximum-rate run, ours and the peer's: that run's
+    // share of the raw append is taken against it. A failed measurement leaves the run to the
+    // one at the start.
+    let append_now = |label: &str, info: &WorkloadInfo, failures: &mut Vec<String>| -> Option<f64> {
+        if !info.is_max_rate() {
+            return None;
+        }
+        let measured = limits::disk_append_now(
+            data.path(),
+            log_config.write_buffer_bytes,
+            log_config.writes_in_flight_max,
+            log_config.preallocate_step_bytes,
+        );
+        match measured {
+            Ok(mb) => {
+                eprintln!("limits: disk append {mb:.0} MB/s just before {label}");
+                Some(mb)
+            }
+            Err(e) => {
+                failed(failures, &format!("{label} (the raw append before it)"), &e);
+                None
+            }
+        }
+    };
     let peer_name = a.peer.as_deref().map(|c| peer_name(a.peer_name.as_deref(), c));
     let mut runs: Vec<Run> = Vec::new();
     let mut peer_runs: Vec<Run> = Vec::new();
@@ -268,6 +292,7 @@ fn run(a: RunArgs) -> Result<()> {
         for (path, info) in workloads.iter().zip(&infos) {
             let rate = resolve_rate(info, info.rate_of_max, &runs, &infos)?;
             let label = format!("{}-rep{}", info.name, rep + 1);
+            let append = append_now(&label, info, &mut failures);
             let run = with_broker(&label, None, &mut |broker| {
                 let run = run_perf(&perf_bin, broker, path, info, rep, rate, &a, &out, None)?;
                 if a.rdkafka {
@@ -290,7 +315,10 @@ fn run(a: RunArgs) -> Result<()> {
                 Ok(run)
             });
             match run {
-                Ok(run) => runs.push(run),
+                Ok(mut run) => {
+                    run.disk_append_mb_per_s = append;
+                    runs.push(run);
+                }
                 Err(e) => {
                     failed(&mut failures, &label, &e);
                 }
@@ -308,10 +336,14 @@ fn run(a: RunArgs) -> Result<()> {
                         continue;
                     }
                 };
+                let append = append_now(&label, info, &mut failures);
                 match with_broker(&label, Some(command), &mut |peer| {
                     run_perf(&perf_bin, peer, path, info, rep, rate, &a, &out, Some(name))
                 }) {
-                    Ok(run) => peer_runs.push(run),
+                    Ok(mut run) => {
+                        run.disk_append_mb_per_s = append;
+                        peer_runs.push(run);
+                    }
                     Err(e) => {
                         failed(&mut failures, &label, &e);
                     }
@@ -578,6 +610,7 @@ fn run_perf(
         broker_rss_after_bytes: rss_after,
         broker_t_s: (t0, t1),
         broker_samples: Vec::new(),
+        disk_append_mb_per_s: None,
         perf: perf_report,
     })
 }
