@@ -108,9 +108,8 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
 }
 
 /// The O_DIRECT append bandwidth alone, in MB/s, taken as `measure` takes it. The harness takes
-/// it again just before each maximum-rate run: the disk of a shared machine drifts over a run of
-/// half an hour (see ARCHITECTURE.md), and a run's share of the raw append is then a share of
-/// what the disk gave at that time.
+/// it again just before each maximum-rate run: one measurement of `DISK_MEASURE` is noisy on a
+/// shared machine (see ARCHITECTURE.md), so the report's limit is the median of them all.
 pub fn disk_append_now(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_bytes: u64) -> Result<f64> {
     let (alignment, _) = alignment(dir);
     let write_bytes = write_bytes.div_ceil(alignment) * alignment;

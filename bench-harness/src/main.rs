@@ -258,9 +258,8 @@ fn run(a: RunArgs) -> Result<()> {
             (Ok(_), Err(stop)) => Err(stop.context(format!("{label}; broker log {}", log.display()))),
         }
     };
-    // The raw append again just before each maximum-rate run, ours and the peer's: that run's
-    // share of the raw append is taken against it. If that measurement fails the run is set
-    // against the one at the start, which the report's Targets row then shows for it.
+    // The raw append again just before each maximum-rate run, ours and the peer's: the report's
+    // append limit is the median of these and the one at the start. A failed one is left out.
     let append_now = |label: &str, info: &WorkloadInfo| -> Option<f64> {
         if !info.is_max_rate() {
             return None;
