@@ -35,6 +35,9 @@ pub struct ProcSample {
     /// Bytes that had arrived on the Kafka listener's connections and that the broker had not
     /// read yet (their receive queues); None if /proc/net/tcp could not be read.
     pub unread_bytes: Option<u64>,
+    /// Milliseconds the data directory's disk has had requests in flight so far (see
+    /// `disk_busy_ms`).
+    pub disk_busy_ms: Option<u64>,
 }
 
 pub struct Broker {
@@ -50,6 +53,8 @@ pub struct Broker {
     pub log: PathBuf,
     started: Instant,
     samples: Arc<Mutex<Vec<ProcSample>>>,
+    /// The device holding the data directory, whose busy time the samples take.
+    device: Option<(u64, u64)>,
     stop_sampler: Arc<AtomicBool>,
     sampler: Option<JoinHandle<()>>,
 }
@@ -91,6 +96,25 @@ fn idle_s_of(stat: &str) -> Option<f64> {
     let idle: f64 = ticks.next()?.parse().ok()?;
     let iowait: f64 = ticks.next()?.parse().ok()?;
     Some((idle + iowait) / 100.0)
+}
+
+/// Milliseconds device `(major, minor)` has spent with requests in flight so far (`io_ticks`,
+/// the 13th field of its line in /proc/diskstats); None if it cannot be read.
+pub fn disk_busy_ms(device: (u64, u64)) -> Option<u64> {
+    busy_ms_of(&std::fs::read_to_string("/proc/diskstats").ok()?, device)
+}
+
+/// `io_ticks` of device `(major, minor)` in a /proc/diskstats text (`major minor name reads
+/// ... writes ... in_flight io_ticks weighted_ticks ...`).
+fn busy_ms_of(diskstats: &str, (major, minor): (u64, u64)) -> Option<u64> {
+    diskstats.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let this = (f.first()?.parse::<u64>().ok()?, f.get(1)?.parse::<u64>().ok()?);
+        if this != (major, minor) {
+            return None;
+        }
+        f.get(12)?.parse().ok()
+    })
 }
 
 /// Bytes received on established TCP connections to local `port` that their process has
@@ -177,8 +201,17 @@ pub fn proc_counters(pid: u32) -> Option<(u64, u64)> {
 
 impl Broker {
     /// A broker process just spawned, not yet sampled.
-    fn spawned(child: Child, program: String, addr: String, admin: Option<String>, strict_exit: bool, log: &Path) -> Broker {
+    fn spawned(
+        child: Child,
+        program: String,
+        addr: String,
+        admin: Option<String>,
+        strict_exit: bool,
+        log: &Path,
+        data_dir: &Path,
+    ) -> Broker {
         Broker {
+            device: crate::limits::device_of(data_dir),
             child,
             program,
             addr,
@@ -216,7 +249,7 @@ impl Broker {
                 .stderr(Stdio::from(out))
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;
-            let mut b = Broker::spawned(child, bin.display().to_string(), addr, Some(admin), true, log);
+            let mut b = Broker::spawned(child, bin.display().to_string(), addr, Some(admin), true, log, data_dir);
             loop {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 if let Some(status) = b.child.try_wait()? {
@@ -257,7 +290,7 @@ impl Broker {
                 .stderr(Stdio::from(out))
                 .spawn()
                 .with_context(|| format!("starting the peer: {line}"))?;
-            let mut b = Broker::spawned(child, line.clone(), addr, None, false, log);
+            let mut b = Broker::spawned(child, line.clone(), addr, None, false, log, data_dir);
             loop {
                 if let Some(status) = b.child.try_wait()? {
                     // Another process took the free port meanwhile: try another. A peer's
@@ -287,6 +320,7 @@ impl Broker {
 
     fn start_sampler(&mut self) {
         let (pid, started, samples, stop) = (self.pid(), self.started, self.samples.clone(), self.stop_sampler.clone());
+        let device = self.device;
         let port = self.addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
         self.sampler = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
@@ -299,6 +333,7 @@ impl Broker {
                         cpu_pressure_us: cpu_pressure_us(),
                         machine_idle_s: machine_idle_s(),
                         unread_bytes: port.and_then(unread_bytes),
+                        disk_busy_ms: device.and_then(disk_busy_ms),
                     });
                 }
                 std::thread::sleep(SAMPLE_INTERVAL);
@@ -410,7 +445,9 @@ fn answers_api_versions(addr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{answers_api_versions, expand_peer_command, idle_s_of, machine_idle_s, sum_counter, unread_bytes, unread_in, Broker};
+    use super::{
+        answers_api_versions, busy_ms_of, expand_peer_command, idle_s_of, machine_idle_s, sum_counter, unread_bytes, unread_in, Broker,
+    };
     use std::io::{Read, Write};
     use std::path::Path;
     use std::time::Instant;
@@ -426,6 +463,20 @@ mod tests {
         let a = machine_idle_s().expect("/proc/stat has a cpu line");
         let b = machine_idle_s().expect("/proc/stat has a cpu line");
         assert!(b >= a, "{b} < {a}");
+    }
+
+    #[test]
+    fn disk_busy_time_is_io_ticks_of_the_devices_own_line() {
+        // Two lines of this machine's /proc/diskstats; io_ticks is the 13th field.
+        let stats = "   7       0 loop0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n \
+                     254       0 vda 15299435 473972 3737406315 32911682 313177439 98276191 32039778822 \
+                     198280633 0 22455408 250681054 10394401 4401886 32297985664 13155461 62219518 6333276\n \
+                     254       1 vda1 5 0 40 1 7 0 56 2 0 9 3\n";
+        assert_eq!(busy_ms_of(stats, (254, 0)), Some(22_455_408));
+        assert_eq!(busy_ms_of(stats, (254, 1)), Some(9), "a partition's own line");
+        assert_eq!(busy_ms_of(stats, (7, 0)), Some(0));
+        assert_eq!(busy_ms_of(stats, (8, 0)), None, "no such device");
+        assert_eq!(busy_ms_of("254 0 vda 1 2 3\n", (254, 0)), None, "a line too short");
     }
 
     #[test]

@@ -129,15 +129,19 @@ fn alignment(dir: &Path) -> (usize, String) {
 /// An attribute of the block queue of the device holding `dir` (`queue/<name>` in sysfs),
 /// trimmed; `None` if unreadable.
 pub fn queue_attribute(dir: &Path, name: &str) -> Option<String> {
-    let dev = std::fs::metadata(dir).ok()?.dev();
-    // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let (major, minor) = device_of(dir)?;
     let base = format!("/sys/dev/block/{major}:{minor}");
     // A partition has no queue/ of its own; its parent disk does.
     [format!("{base}/queue/{name}"), format!("{base}/../queue/{name}")]
         .iter()
         .find_map(|p| Some(std::fs::read_to_string(p).ok()?.trim().to_owned()))
+}
+
+/// The major and minor number of the device holding `dir`; None if `dir` cannot be read.
+pub fn device_of(dir: &Path) -> Option<(u64, u64)> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // Linux's dev_t encoding (glibc's gnu_dev_major/minor).
+    Some((((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff)))
 }
 
 /// A buffer of `len` bytes whose start is aligned to `align`, inside an over-allocated Vec.

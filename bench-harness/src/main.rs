@@ -574,7 +574,7 @@ fn run_perf(
     let from = t0 + perf_report["measured_from_s"].as_f64().unwrap_or(0.0);
     let until = (from + perf_report["measured_s"].as_f64().unwrap_or(0.0)).min(t1);
     let samples: Vec<_> = broker.samples().into_iter().filter(|s| s.t_s >= from && s.t_s <= until).collect();
-    let (read_bytes, cpu_cores, cpu_pressure, idle_cores) = match (samples.first(), samples.last()) {
+    let (read_bytes, cpu_cores, cpu_pressure, idle_cores, disk_busy) = match (samples.first(), samples.last()) {
         (Some(a), Some(b)) if b.t_s > a.t_s => {
             let secs = b.t_s - a.t_s;
             let pressure = a
@@ -582,14 +582,19 @@ fn run_perf(
                 .zip(b.cpu_pressure_us)
                 .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / secs);
             let idle = a.machine_idle_s.zip(b.machine_idle_s).map(|(a, b)| (b - a).max(0.0) / secs);
+            let busy = a
+                .disk_busy_ms
+                .zip(b.disk_busy_ms)
+                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / secs);
             (
                 b.read_bytes.saturating_sub(a.read_bytes),
                 (b.cpu_s - a.cpu_s) / secs,
                 pressure,
                 idle,
+                busy,
             )
         }
-        _ => (0, 0.0, None, None),
+        _ => (0, 0.0, None, None, None),
     };
     let unread: Vec<u64> = samples.iter().filter_map(|s| s.unread_bytes).collect();
     Ok(Run {
@@ -604,6 +609,7 @@ fn run_perf(
         broker_cpu_cores: cpu_cores,
         cpu_pressure,
         machine_idle_cores: idle_cores,
+        disk_busy,
         broker_unread: Unread::of(&unread),
         broker_rss_before_bytes: rss_before,
         broker_rss_after_bytes: rss_after,

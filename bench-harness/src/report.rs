@@ -120,6 +120,10 @@ pub struct Run {
     /// went to the kernel's work for them outside both processes (network softirqs, the
     /// filesystem's I/O completion workers) and to anything else running.
     pub machine_idle_cores: Option<f64>,
+    /// Share of the measured window in which the data directory's disk had requests in flight
+    /// (`io_ticks` of /proc/diskstats); None if it could not be read. Near 1 the disk was never
+    /// idle, which on a virtio disk does not yet mean it could take no more.
+    pub disk_busy: Option<f64>,
     /// The broker's backlog of received requests over the measured window, from the 1 s
     /// samples of its connections' receive queues: the share of samples in which some bytes
     /// waited unread, and the median of the bytes waiting. None without samples.
@@ -540,9 +544,9 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
     let who = peer.unwrap_or("broker");
     let _ = writeln!(
         md,
-        "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | {who} CPU cores | perf CPU cores | a task waiting for a CPU | idle cores |"
+        "| share of the maximum | target rate msg/s | publish MB/s | publish p50 | p99 | p99.9 | request round trip p99 | end-to-end p99 | latency targets met | {who} CPU cores | perf CPU cores | a task waiting for a CPU | idle cores | disk busy |"
     );
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     let mut series: Vec<Series> = ["publish p50", "publish p99", "publish p99.9", "end-to-end p99"]
         .iter()
         .map(|name| Series {
@@ -578,7 +582,7 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
         };
         let _ = writeln!(
             md,
-            "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} | {} |",
+            "| {:.0}% | {} | {} | {} | {} | {} | {} | {} | {met} | {} | {} | {} | {} | {} |",
             load * 100.0,
             num(med(runs, n, "/target_rate_msg_per_s"), 0),
             num(med(runs, n, "/publish/mb_per_s"), 1),
@@ -591,6 +595,7 @@ fn curve_table(md: &mut String, runs: &[Run], base: &str, peer: Option<&str>) ->
             num(med(runs, n, "/perf_cpu_cores"), 2),
             percent(med_some(runs, n, |r| r.cpu_pressure)),
             num(med_some(runs, n, |r| r.machine_idle_cores), 2),
+            percent(med_some(runs, n, |r| r.disk_busy)),
         );
         for (s, v) in series.iter_mut().zip([p("p50_us"), p("p99_us"), p("p999_us"), e2e]) {
             if let Some(v) = v {
@@ -699,16 +704,19 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
     let _ = writeln!(md, "## Throughput (perf)\n");
     let _ = writeln!(
         md,
-        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | a task waiting for a CPU | idle cores | producers waiting on broker |"
+        "| workload | target rate msg/s | publish msg/s | publish MB/s | publish / disk append | consume MB/s | consume / loopback TCP | errors | broker disk reads MB | fetch reads missing the batch cache | broker CPU cores | perf CPU cores | a task waiting for a CPU | idle cores | disk busy | producers waiting on broker |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for n in &names {
         let pub_mb = med(&set.runs, n, "/publish/mb_per_s");
         let cons_mb = med(&set.runs, n, "/consume/mb_per_s");
         let rate = med(&set.runs, n, "/target_rate_msg_per_s").filter(|r| *r > 0.0);
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rate.map_or("max".into(), |r| format!("{r:.0}")),
             num(med(&set.runs, n, "/publish/msg_per_s"), 0),
             num(pub_mb, 1),
@@ -722,6 +730,7 @@ pub fn write(set: &RunSet, out: &Path) -> Result<String> {
             num(med(&set.runs, n, "/perf_cpu_cores"), 2),
             percent(med_some(&set.runs, n, |r| r.cpu_pressure)),
             num(med_some(&set.runs, n, |r| r.machine_idle_cores), 2),
+            percent(med_some(&set.runs, n, |r| r.disk_busy)),
             percent(med(&set.runs, n, "/producer_wait_fraction")),
         );
     }
@@ -1110,6 +1119,7 @@ mod tests {
             broker_cpu_cores: 1.0,
             cpu_pressure: Some(0.5),
             machine_idle_cores: Some(0.25),
+            disk_busy: Some(0.4),
             broker_unread: None,
             broker_rss_before_bytes: 1 << 20,
             broker_rss_after_bytes: 1 << 20,
@@ -1226,8 +1236,8 @@ mod tests {
         assert_tables_well_formed(&md);
         let row = row(&md, "| max-throughput | max |");
         // Broker 1.00 cores, perf 0.50, a task waiting for a CPU half the time, 0.25 cores idle,
-        // producers 90%.
-        assert!(row.ends_with("| 1.00 | 0.50 | 50% | 0.25 | 90% |"), "{row}");
+        // the disk busy 40% of the time, producers 90%.
+        assert!(row.ends_with("| 1.00 | 0.50 | 50% | 0.25 | 40% | 90% |"), "{row}");
     }
 
     #[test]
@@ -1626,6 +1636,7 @@ mod tests {
                     cpu_pressure_us: None,
                     machine_idle_s: None,
                     unread_bytes: None,
+                    disk_busy_ms: None,
                 })
                 .collect();
             r
