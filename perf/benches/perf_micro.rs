@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use perf::batch::{walk_values, BatchBuilder, Compression};
+use perf::batch::{walk_values, Batch, BatchBuilder, Compression, SharedPayload};
 use perf::stats::Latency;
 
 fn build(n: usize, value: &[u8]) -> Bytes {
@@ -11,6 +11,17 @@ fn build(n: usize, value: &[u8]) -> Bytes {
     for i in 0..n {
         let stamp = (i as u64).to_be_bytes();
         b.append(1_700_000_000_000, None, &[&stamp, value]);
+    }
+    b.finish().unwrap().expect("a batch").to_bytes()
+}
+
+/// As the producers build them: each value an 8-byte stamp and the producer's payload, which
+/// the batch refers to instead of copying.
+fn build_sharing(n: usize, payload: &SharedPayload) -> Batch {
+    let mut b = BatchBuilder::with_capacity(Compression::None, 128 * 1024 + 8 * 1024).sharing(payload.clone());
+    for i in 0..n {
+        let stamp = (i as u64).to_be_bytes();
+        b.append_with_payload(1_700_000_000_000, None, &stamp);
     }
     b.finish().unwrap().expect("a batch")
 }
@@ -23,7 +34,7 @@ fn build_keyed(keys: &[Vec<u8>], value: &[u8]) -> Bytes {
         let stamp = (i as u64).to_be_bytes();
         b.append(1_700_000_000_000 + i as i64 / 16, Some(key), &[&stamp, value]);
     }
-    b.finish().unwrap().expect("a batch")
+    b.finish().unwrap().expect("a batch").to_bytes()
 }
 
 fn batch(c: &mut Criterion) {
@@ -31,6 +42,8 @@ fn batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("batch");
     g.throughput(Throughput::Elements(128));
     g.bench_function("build 128 x 1 KiB", |b| b.iter(|| build(128, &value)));
+    let payload = SharedPayload::new(Bytes::from(value.clone()));
+    g.bench_function("build 128 x 1 KiB, payload referred", |b| b.iter(|| build_sharing(128, &payload)));
     let keys: Vec<Vec<u8>> = (0..128).map(|i| format!("key-{}", i * 77 % 10_000).into_bytes()).collect();
     let small = vec![7u8; 92];
     g.bench_function("build 128 x 100 B keyed", |b| b.iter(|| build_keyed(&keys, &small)));

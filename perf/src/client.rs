@@ -21,7 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use crate::batch::put_uvarint;
+use crate::batch::{put_uvarint, Batch};
 use crate::constants::{RESPONSE_BYTES_MAX, SOCKET_TIMEOUT_MS, TOPIC_READY_TIMEOUT_MS};
 use crate::{Error, Result};
 
@@ -83,13 +83,13 @@ pub fn encode_request<R: Encodable>(buf: &mut BytesMut, key: ApiKey, version: i1
 /// private to the crate). `encode_request` of the same `ProduceRequest` gives the same bytes
 /// (tested).
 pub fn encode_produce<'a>(
-    buf: &mut BytesMut,
+    buf: &'a mut BytesMut,
     correlation: i32,
     topic: &str,
     acks: i16,
     timeout_ms: i32,
-    batches: impl ExactSizeIterator<Item = (i32, &'a Bytes)> + Clone,
-) -> Result<Vec<Bytes>> {
+    batches: impl ExactSizeIterator<Item = (i32, &'a Batch)> + Clone,
+) -> Result<Vec<&'a [u8]>> {
     buf.clear();
     buf.put_i32(0); // size, filled below
     RequestHeader::default()
@@ -127,15 +127,15 @@ pub fn encode_produce<'a>(
     put_uvarint(buf, 0); // the request's
     let size = buf.len() - 4 + records_bytes;
     buf[..4].copy_from_slice(&(size as i32).to_be_bytes());
-    let encoded = buf.split().freeze();
+    let encoded: &'a BytesMut = buf;
     let mut pieces = Vec::with_capacity(2 * cuts.len() + 1);
     let mut from = 0;
     for (cut, (_, records)) in cuts.into_iter().zip(batches) {
-        pieces.push(encoded.slice(from..cut));
-        pieces.push(records.clone());
+        pieces.push(&encoded[from..cut]);
+        pieces.extend(records.pieces());
         from = cut;
     }
-    pieces.push(encoded.slice(from..));
+    pieces.push(&encoded[from..]);
     Ok(pieces)
 }
 
@@ -391,36 +391,56 @@ pub fn list_offsets(conn: &mut Conn, topic: &str, partitions: &[i32], timestamp:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{BatchBuilder, Compression, SharedPayload};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ProduceRequest;
 
     /// kafka-protocol's encoder is the oracle: the pieces, joined, are the bytes it writes for
     /// the same request, with one-byte and multi-byte lengths (a 200-byte topic name, batches of
-    /// 5 bytes and 100 KB).
+    /// 5 bytes and 100 KB), and a batch that refers to a shared payload sends it where it goes.
     #[test]
     fn the_produce_pieces_join_into_kafka_protocols_encoding() {
+        let mut sharing = BatchBuilder::new(Compression::None).sharing(SharedPayload::new(Bytes::from(vec![9u8; 1000])));
+        for i in 0..3 {
+            sharing.append_with_payload(i, None, b"stamp");
+        }
+        let sharing = sharing.finish().unwrap().expect("a batch");
+        assert_eq!(sharing.shared_payloads(), 3);
         for (topic, sizes) in [("t".to_owned(), vec![5]), ("x".repeat(200), vec![100_000, 5, 300])] {
-            let batches: Vec<(i32, Bytes)> = sizes
+            let mut batches: Vec<(i32, Batch)> = sizes
                 .iter()
                 .enumerate()
-                .map(|(i, &n)| (i as i32 * 7, Bytes::from((0..n).map(|b| b as u8).collect::<Vec<u8>>())))
+                .map(|(i, &n)| {
+                    (
+                        i as i32 * 7,
+                        Batch::whole(Bytes::from((0..n).map(|b| b as u8).collect::<Vec<u8>>())),
+                    )
+                })
                 .collect();
+            batches.push((99, sharing.clone()));
             let request = ProduceRequest::default()
                 .with_acks(-1)
                 .with_timeout_ms(30_000)
                 .with_topic_data(vec![TopicProduceData::default().with_name(topic_name(&topic)).with_partition_data(
                     batches
                         .iter()
-                        .map(|(p, b)| PartitionProduceData::default().with_index(*p).with_records(Some(b.clone())))
+                        .map(|(p, b)| PartitionProduceData::default().with_index(*p).with_records(Some(b.to_bytes())))
                         .collect(),
                 )]);
             let mut want = BytesMut::new();
             encode_request(&mut want, ApiKey::Produce, PRODUCE_VERSION, 42, &request).unwrap();
-            let pieces = encode_produce(&mut BytesMut::new(), 42, &topic, -1, 30_000, batches.iter().map(|(p, b)| (*p, b))).unwrap();
-            assert_eq!(pieces.len(), 2 * batches.len() + 1);
+            let mut frame = BytesMut::new();
+            let pieces = encode_produce(&mut frame, 42, &topic, -1, 30_000, batches.iter().map(|(p, b)| (*p, b))).unwrap();
+            // Around each batch's pieces, one of the encoded frame's; the batches' are theirs.
+            let mut at = 0;
             for (i, (_, b)) in batches.iter().enumerate() {
-                assert_eq!(pieces[2 * i + 1].as_ptr(), b.as_ptr(), "batch {i} is not copied");
+                at += 1;
+                for own in b.pieces() {
+                    assert_eq!(pieces[at].as_ptr(), own.as_ptr(), "batch {i} is not copied");
+                    at += 1;
+                }
             }
+            assert_eq!(pieces.len(), at + 1);
             assert_eq!(pieces.concat(), want.to_vec(), "topic of {} bytes, batches {sizes:?}", topic.len());
         }
     }

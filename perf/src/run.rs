@@ -31,7 +31,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ProduceResponse};
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 
-use crate::batch::{walk_values, BatchBuilder, HEADER_BYTES, RECORD_OVERHEAD_BYTES_MAX};
+use crate::batch::{walk_values, Batch, BatchBuilder, SharedPayload, HEADER_BYTES, RECORD_OVERHEAD_BYTES_MAX};
 use crate::client::{self, Conn, FETCH_VERSION, PRODUCE_VERSION};
 use crate::constants::{
     ACCUMULATOR_BYTES_MAX, DRAIN_TIMEOUT_MS, DURATION_S_MAX, FETCH_BYTES_MAX, FETCH_WAIT_MS, MESSAGES_PER_PASS_MAX, OFFSET_OUT_OF_RANGE,
@@ -124,7 +124,7 @@ pub fn run(w: &Workload, opts: &RunOptions) -> Result<Report> {
     drop(admin);
 
     let shared = Arc::new(Shared::default());
-    let payload = Arc::new(payload(w.message_size - 8));
+    let payload = SharedPayload::new(Bytes::from(payload(w.message_size - 8)));
     let keyed = w.key_distributor != KeyDistributor::None;
     let keys = Arc::new(Keys::new(if keyed { w.key_space } else { 0 }, w.partitions_per_topic as usize));
     let producers_total = (w.topics * w.producers_per_topic) as f64;
@@ -538,7 +538,7 @@ struct ProducerCtx {
     workload: Workload,
     pacer: Pacer,
     shared: Arc<Shared>,
-    payload: Arc<Vec<u8>>,
+    payload: SharedPayload,
     /// Message keys and their partitions (keyed workloads).
     keys: Arc<Keys>,
 }
@@ -546,7 +546,7 @@ struct ProducerCtx {
 /// A sealed batch waiting to be sent, then waiting for its acknowledgement.
 struct SealedBatch {
     partition: i32,
-    bytes: Bytes,
+    bytes: Batch,
     /// Intended send time of each message, in order.
     intended_ns: Vec<u64>,
 }
@@ -624,7 +624,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
     let batch_capacity = w.batch_bytes.max(HEADER_BYTES + record_bytes_max(w));
     let mut open: Vec<OpenBatch> = (0..n)
         .map(|_| OpenBatch {
-            builder: BatchBuilder::with_capacity(w.compression, batch_capacity),
+            builder: BatchBuilder::with_capacity(w.compression, batch_capacity).sharing(ctx.payload.clone()),
             intended_ns: Vec::new(),
             opened_ns: 0,
         })
@@ -698,7 +698,7 @@ fn producer(mut ctx: ProducerCtx) -> Result<()> {
                     open_list.push(p);
                 }
                 let stamp = intended.to_be_bytes();
-                ob.builder.append((intended / 1_000_000) as i64, key, &[&stamp, &ctx.payload]);
+                ob.builder.append_with_payload((intended / 1_000_000) as i64, key, &stamp);
                 ob.intended_ns.push(intended);
                 // Value bytes only, exactly what sending gives back: counting keys here leaked
                 // their bytes until generation stopped for good (keyed workloads stalled).
@@ -910,7 +910,7 @@ fn send_produce(
 /// reading, so the producer waited for it as it does for a free in-flight slot. What the socket
 /// takes at once is copied without blocking and not counted; only after a send that would block
 /// does the rest go out blocking, timed.
-fn send_counting_blocked(stream: &mut TcpStream, pieces: &[Bytes]) -> std::io::Result<u64> {
+fn send_counting_blocked(stream: &mut TcpStream, pieces: &[&[u8]]) -> std::io::Result<u64> {
     let mut all: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
     let mut slices = &mut all[..];
     let mut blocked: Option<Instant> = None;
@@ -931,7 +931,8 @@ fn send_counting_blocked(stream: &mut TcpStream, pieces: &[Bytes]) -> std::io::R
 }
 
 /// At most this many pieces go to one `sendmsg` (Linux's `UIO_MAXIOV`): a request to 1,000
-/// partitions has 2,001.
+/// partitions has 2,001, and a 1 MiB batch of 1 KiB values that refer to their payload about
+/// 2,000 of its own.
 const IOV_MAX: usize = 1024;
 
 struct ReaderCtx {
@@ -1188,17 +1189,17 @@ mod tests {
     #[test]
     fn only_a_send_that_waits_for_a_full_socket_counts_as_waiting_for_the_broker() {
         let (mut stream, reader) = reader_after(Duration::ZERO);
-        assert_eq!(send_counting_blocked(&mut stream, &[Bytes::from_static(&[7u8; 100])]).unwrap(), 0);
+        assert_eq!(send_counting_blocked(&mut stream, &[&[7u8; 100]]).unwrap(), 0);
         drop(stream);
         assert_eq!(reader.join().unwrap(), 100);
 
         // In 3,000 pieces, more than one sendmsg takes, some of them empty.
         let big = Bytes::from(vec![7u8; tcp_buffers_max_bytes() + (1 << 20)]);
         let step = big.len() / 1500;
-        let pieces: Vec<Bytes> = (0..1500)
+        let pieces: Vec<&[u8]> = (0..1500)
             .flat_map(|i| {
                 let end = if i == 1499 { big.len() } else { (i + 1) * step };
-                [big.slice(i * step..end), Bytes::new()]
+                [&big[i * step..end], &[][..]]
             })
             .collect();
         let (mut stream, reader) = reader_after(Duration::from_millis(200));
