@@ -166,6 +166,11 @@ impl Batch {
         self.gaps.len()
     }
 
+    /// How many slices `pieces` gives.
+    pub fn pieces_len(&self) -> usize {
+        2 * self.gaps.len() + 1
+    }
+
     /// The batch's bytes in order, as slices for a vectored write.
     pub fn pieces(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut from = 0usize;
@@ -371,7 +376,12 @@ impl BatchBuilder {
             Compression::Lz4 => self.compressed::<Lz4>(&header)?,
             Compression::Zstd => self.compressed::<Zstd>(&header)?,
         };
-        let gaps = std::mem::replace(&mut self.gaps, Vec::with_capacity(self.count as usize));
+        // A builder that copies its values allocates no gaps.
+        let gaps = if self.gaps.is_empty() {
+            Vec::new()
+        } else {
+            std::mem::replace(&mut self.gaps, Vec::with_capacity(self.count as usize))
+        };
         let length = (out.len() + gaps.len() * self.payload_len() - 12) as i32;
         out[8..12].copy_from_slice(&length.to_be_bytes());
         let mut crc = 0;
@@ -624,6 +634,7 @@ mod tests {
                 assert_eq!(s.shared_payloads(), if referred { 40 } else { 0 }, "{what}");
                 assert_eq!(s.len(), c.len(), "{what}");
                 assert_eq!(s.pieces().map(<[u8]>::len).sum::<usize>(), s.len(), "{what}");
+                assert_eq!(s.pieces().count(), s.pieces_len(), "{what}");
                 assert_eq!(s.to_bytes(), c.to_bytes(), "{what}");
                 let mut bytes = s.to_bytes();
                 let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -128,7 +128,7 @@ pub fn encode_produce<'a>(
     let size = buf.len() - 4 + records_bytes;
     buf[..4].copy_from_slice(&(size as i32).to_be_bytes());
     let encoded: &'a BytesMut = buf;
-    let mut pieces = Vec::with_capacity(2 * cuts.len() + 1);
+    let mut pieces = Vec::with_capacity(cuts.len() + 1 + batches.clone().map(|(_, b)| b.pieces_len()).sum::<usize>());
     let mut from = 0;
     for (cut, (_, records)) in cuts.into_iter().zip(batches) {
         pieces.push(&encoded[from..cut]);
