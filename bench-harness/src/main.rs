@@ -510,6 +510,13 @@ fn resolve_rate(info: &WorkloadInfo, share: Option<f64>, runs: &[Run], infos: &[
     Ok(Some((max * f).round() as u64))
 }
 
+/// How much a sampled counter grew from `a` to `b`, in seconds per second when the counter
+/// counts `ticks_per_s` a second (PSI's microseconds, io_ticks' milliseconds); None if either
+/// sample lacks it.
+fn growth_per_s(a: Option<u64>, b: Option<u64>, ticks_per_s: f64, secs: f64) -> Option<f64> {
+    a.zip(b).map(|(a, b)| b.saturating_sub(a) as f64 / ticks_per_s / secs)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_perf(
     perf: &Path,
@@ -577,15 +584,9 @@ fn run_perf(
     let (read_bytes, cpu_cores, cpu_pressure, idle_cores, disk_busy) = match (samples.first(), samples.last()) {
         (Some(a), Some(b)) if b.t_s > a.t_s => {
             let secs = b.t_s - a.t_s;
-            let pressure = a
-                .cpu_pressure_us
-                .zip(b.cpu_pressure_us)
-                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / secs);
+            let pressure = growth_per_s(a.cpu_pressure_us, b.cpu_pressure_us, 1e6, secs);
             let idle = a.machine_idle_s.zip(b.machine_idle_s).map(|(a, b)| (b - a).max(0.0) / secs);
-            let busy = a
-                .disk_busy_ms
-                .zip(b.disk_busy_ms)
-                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / secs);
+            let busy = growth_per_s(a.disk_busy_ms, b.disk_busy_ms, 1e3, secs);
             (
                 b.read_bytes.saturating_sub(a.read_bytes),
                 (b.cpu_s - a.cpu_s) / secs,
@@ -720,13 +721,24 @@ fn format_share(pct: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{curve_point, curve_workload, file_safe, peer_name, soak_workload};
+    use super::{curve_point, curve_workload, file_safe, growth_per_s, peer_name, soak_workload};
 
     /// The shipped max-throughput and fixed-rate workloads.
     fn max_and_fixed() -> (super::WorkloadInfo, super::WorkloadInfo) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads");
         let load = |f: &str| super::WorkloadInfo::load(&dir.join(f)).unwrap();
         (load("1-max-throughput.toml"), load("2-fixed-rate-latency.toml"))
+    }
+
+    /// PSI's microseconds and io_ticks' milliseconds both become seconds per second; a counter
+    /// missing from either sample gives nothing, and one that went back gives 0.
+    #[test]
+    fn a_sampled_counter_grows_in_seconds_per_second() {
+        assert_eq!(growth_per_s(Some(1_000_000), Some(3_000_000), 1e6, 4.0), Some(0.5));
+        assert_eq!(growth_per_s(Some(100), Some(1_700), 1e3, 2.0), Some(0.8));
+        assert_eq!(growth_per_s(None, Some(5), 1e3, 1.0), None);
+        assert_eq!(growth_per_s(Some(5), None, 1e3, 1.0), None);
+        assert_eq!(growth_per_s(Some(9), Some(5), 1e3, 1.0), Some(0.0));
     }
 
     #[test]
