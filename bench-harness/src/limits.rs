@@ -64,14 +64,14 @@ pub struct Limits {
 /// Measures everything, in `dir` (which must be on the disk the broker writes to).
 pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_bytes: u64) -> Result<Limits> {
     let (alignment, source) = alignment(dir);
-    let write_bytes = write_bytes.div_ceil(alignment) * alignment;
+    let write_bytes = write_bytes.next_multiple_of(alignment);
     eprintln!(
         "limits: O_DIRECT append, {write_bytes} B writes, {depth} in flight, in {}",
         dir.display()
     );
     let (disk, appended) = disk_append(dir, "raw-append.tmp", write_bytes, depth, preallocate_step_bytes, alignment)?;
     eprintln!("limits: O_DIRECT read of what the append wrote");
-    let read_bytes = DISK_READ_BYTES.div_ceil(alignment) * alignment;
+    let read_bytes = DISK_READ_BYTES.next_multiple_of(alignment);
     let measured = (|| -> Result<(f64, (f64, f64))> {
         let read = disk_read(&appended, read_bytes, DISK_READ_DEPTH, alignment)?;
         eprintln!("limits: the same append and read at once");
@@ -81,7 +81,7 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
     std::fs::remove_file(&appended)?;
     let (read, (mixed_append, mixed_read)) = measured?;
     eprintln!("limits: fdatasync latency");
-    let fsync_bytes = FSYNC_WRITE_BYTES.div_ceil(alignment) * alignment;
+    let fsync_bytes = FSYNC_WRITE_BYTES.next_multiple_of(alignment);
     let fsync = fdatasync_latency(dir, fsync_bytes, alignment, preallocate_step_bytes)?;
     eprintln!("limits: loopback TCP and memcpy");
     let tcp = tcp_loopback()?;
@@ -112,7 +112,7 @@ pub fn measure(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_by
 /// shared machine (see ARCHITECTURE.md), so the report's limit is the median of them all.
 pub fn disk_append_now(dir: &Path, write_bytes: usize, depth: usize, preallocate_step_bytes: u64) -> Result<f64> {
     let (alignment, _) = alignment(dir);
-    let write_bytes = write_bytes.div_ceil(alignment) * alignment;
+    let write_bytes = write_bytes.next_multiple_of(alignment);
     let (mb_per_s, path) = disk_append(dir, "raw-append-now.tmp", write_bytes, depth, preallocate_step_bytes, alignment)?;
     std::fs::remove_file(&path)?;
     Ok(mb_per_s)
